@@ -1,0 +1,28 @@
+"""fairstamp: find social biases stored in a causal language model and remove them one by one.
+
+Implements FAST (Fairness Stamp) and the BiaScope benchmark. Importing the package has no side
+effects: heavy modules (torch, transformers) load on first use of the names below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": "fairstamp.models",
+    "LoadedModel": "fairstamp.models",
+    "ArchSpec": "fairstamp.models",
+    "Scorer": "fairstamp.scoring",
+    "SentenceScores": "fairstamp.scoring",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fairstamp' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Command-line interface: `fairstamp COMMAND --help` documents every command."""

@@ -1,0 +1,55 @@
+"""`fairstamp score`: log-probabilities of sentences from a file or stdin, as JSON Lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+
+
+def score(
+    input: Annotated[str, typer.Argument(help="Text file (one sentence per line) or JSON Lines "
+                                         "file with a 'text' field; '-' reads stdin.")] = "-",
+    model: ModelOpt = DEFAULT,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSON Lines "  # noqa: UP045
+                                                   "here (atomically) instead of stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    batch_tokens: BatchTokensOpt = None,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Score sentences: one JSON object per input line with the summed and per-token-mean
+    log-probability (nats) and the number of scored tokens, in input order."""
+    from fairstamp.data.readers import read_sentences
+    from fairstamp.models import load
+    from fairstamp.scoring import Scorer
+    from fairstamp.utils.io import atomic_write_text
+
+    if output is not None and output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists (pass --overwrite to replace it)")
+    records = read_sentences(input)
+    loaded = load(model, cache_dir=cache_dir, device=device)
+    scorer = Scorer.from_loaded(loaded, max_batch_tokens=batch_tokens)
+    scores = scorer.score([r.text for r in records], description=f"scoring {len(records)}")
+    lines = []
+    for i, record in enumerate(records):
+        row = {**record.extra, "text": record.text,
+               "logprob_sum": float(scores.total[i]),
+               "logprob_mean": float(scores.mean[i]),
+               "n_tokens": int(scores.n_tokens[i])}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {len(lines)} scores to {output}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)

@@ -1,0 +1,197 @@
+"""Architecture knowledge as data: where each model family keeps its layers, MLPs and embeddings.
+
+Every method that hooks into a model (tracing, stamps, baselines) asks this table for module paths
+instead of guessing from the model's name. Paths on `ArchSpec` are either absolute (from the
+top-level `*ForCausalLM` module) or relative to one decoder layer, as the field names say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from fairstamp.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module paths of one model family.
+
+    layers:        absolute path of the ModuleList of decoder layers.
+    mlp:           path, relative to a layer, of the module whose output is the MLP's contribution
+                   to the residual stream (before any dropout or residual add). Its output is
+                   [batch, seq, hidden], except where `mlp_output_flat` says [batch*seq, hidden].
+    mlp_out_proj:  relative path of the MLP's output projection (the Linear that ROME/FT-L edit).
+    attn:          relative path of the attention module (its first output is the attention output).
+    embed:         absolute path of the token embedding.
+    final_norm:    absolute path of the final normalisation before the unembedding.
+    unembed:       absolute path of the output projection to the vocabulary.
+
+    A path may list alternatives separated by `|`; the first that exists is used.
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str
+    mlp: str
+    mlp_out_proj: str
+    attn: str
+    embed: str
+    final_norm: str
+    unembed: str
+    mlp_output_flat: bool = False
+
+    def num_layers(self, model: nn.Module) -> int:
+        return len(get_module(model, self.layers))
+
+    def layer(self, model: nn.Module, index: int) -> nn.Module:
+        return get_module(model, self.layers)[index]
+
+    def layer_path(self, index: int, relative: str = "") -> str:
+        """Absolute module path of layer `index`, or of `relative` inside it."""
+        base = f"{self.layers}.{index}"
+        return f"{base}.{relative}" if relative else base
+
+    def mlp_path(self, index: int) -> str:
+        return self.layer_path(index, self.mlp)
+
+    def mlp_out_proj_path(self, index: int) -> str:
+        return self.layer_path(index, self.mlp_out_proj)
+
+    def attn_path(self, index: int) -> str:
+        return self.layer_path(index, self.attn)
+
+    def validate(self, model: nn.Module) -> None:
+        """Check that every path resolves on `model` (raises with the first missing path)."""
+        paths = [self.layers, self.embed, self.final_norm, self.unembed]
+        if self.num_layers(model) > 0:
+            paths += [self.mlp_path(0), self.mlp_out_proj_path(0), self.attn_path(0)]
+        for path in paths:
+            get_module(model, path)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """`model.get_submodule(path)` with an error that names the architecture table.
+
+    A path may list alternatives separated by `|` (module names that changed between transformers
+    versions); the first that exists is used.
+    """
+    for candidate in path.split("|"):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    raise UnsupportedArchitectureError(
+        f"module path {path!r} not found in {type(model).__name__}; the ArchSpec entry does not "
+        f"match this model"
+    )
+
+
+_LLAMA_LIKE = dict(
+    layers="model.layers",
+    mlp="mlp",
+    mlp_out_proj="mlp.down_proj",
+    attn="self_attn",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    unembed="lm_head",
+)
+
+ARCH_SPECS: tuple[ArchSpec, ...] = (
+    ArchSpec(
+        family="GPT-2",
+        model_types=("gpt2",),
+        layers="transformer.h",
+        mlp="mlp",
+        mlp_out_proj="mlp.c_proj",
+        attn="attn",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+    ),
+    ArchSpec(
+        family="GPT-Neo",
+        model_types=("gpt_neo",),
+        layers="transformer.h",
+        mlp="mlp",
+        mlp_out_proj="mlp.c_proj",
+        attn="attn",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+    ),
+    ArchSpec(
+        family="GPT-J",
+        model_types=("gptj",),
+        layers="transformer.h",
+        mlp="mlp",
+        mlp_out_proj="mlp.fc_out",
+        attn="attn",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+    ),
+    ArchSpec(
+        family="GPT-NeoX/Pythia",
+        model_types=("gpt_neox",),
+        layers="gpt_neox.layers",
+        mlp="mlp",
+        mlp_out_proj="mlp.dense_4h_to_h",
+        attn="attention",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head|embed_out",  # embed_out before transformers 5
+    ),
+    # OPT has no MLP container: fc2's output is the MLP's contribution to the residual stream,
+    # computed on tokens flattened to [batch*seq, hidden].
+    ArchSpec(
+        family="OPT",
+        model_types=("opt",),
+        layers="model.decoder.layers",
+        mlp="fc2",
+        mlp_out_proj="fc2",
+        attn="self_attn",
+        embed="model.decoder.embed_tokens",
+        final_norm="model.decoder.final_layer_norm",
+        unembed="lm_head",
+        mlp_output_flat=True,
+    ),
+    ArchSpec(family="Llama/SmolLM", model_types=("llama",), **_LLAMA_LIKE),
+    ArchSpec(family="Mistral", model_types=("mistral",), **_LLAMA_LIKE),
+    ArchSpec(family="Qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    # Gemma 3's MLP output is followed by post_feedforward_layernorm inside the layer; the stamp and
+    # the tracing hooks act on the MLP module's own output, before that norm.
+    ArchSpec(family="Gemma 3", model_types=("gemma3_text",), **_LLAMA_LIKE),
+)
+
+_BY_MODEL_TYPE = {mt: spec for spec in ARCH_SPECS for mt in spec.model_types}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_MODEL_TYPE)
+
+
+def arch_spec_for_model_type(model_type: str) -> ArchSpec:
+    """The ArchSpec for a config's `model_type`; an error naming the supported ones otherwise."""
+    try:
+        return _BY_MODEL_TYPE[model_type]
+    except KeyError:
+        supported = ", ".join(f"{s.family} ({'/'.join(s.model_types)})" for s in ARCH_SPECS)
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {model_type!r}; supported: {supported}"
+        ) from None
+
+
+def arch_spec_for(model: nn.Module) -> ArchSpec:
+    """The ArchSpec of a loaded transformers model, validated against its modules."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} has no config.model_type; fairstamp needs a transformers "
+            f"causal LM"
+        )
+    spec = arch_spec_for_model_type(model_type)
+    spec.validate(model)
+    return spec

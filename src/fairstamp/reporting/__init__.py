@@ -1,0 +1,1 @@
+"""Reporting: tables, plots and reports that people read."""

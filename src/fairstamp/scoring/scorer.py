@@ -1,0 +1,298 @@
+"""The one way fairstamp scores text: batched token log-probabilities under a causal LM.
+
+Every metric and method goes through `Scorer`. A sentence's score is the log-probability of its
+tokens given a start-of-text token: the tokenizer's BOS where it defines one, else its EOS (the
+lm-evaluation-harness convention), else nothing (then the first token cannot be scored and is left
+out). Batches are sorted by length and right-padded with explicit position ids, so neither the
+tokenizer's padding side nor the other sentences in a batch can change a score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fairstamp.errors import FairstampError
+from fairstamp.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+Reduction = Literal["sum", "mean"]
+
+# Memory for the float32 logits of one batch; sets the default token budget per forward pass.
+_LOGITS_BUDGET_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class SentenceScores:
+    """Scores of N sentences, in input order. `total` is the summed log-probability (nats),
+    `mean` the per-token mean, `n_tokens` how many tokens were scored."""
+
+    total: np.ndarray
+    mean: np.ndarray
+    n_tokens: np.ndarray
+
+    def by(self, reduction: Reduction) -> np.ndarray:
+        if reduction == "sum":
+            return self.total
+        if reduction == "mean":
+            return self.mean
+        raise ValueError(f"unknown reduction {reduction!r}; use 'sum' or 'mean'")
+
+    def __len__(self) -> int:
+        return len(self.total)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Per-token log-probabilities of one scored span; `top1` is the model's argmax token at each
+    position and `greedy` whether the actual token was that argmax."""
+
+    token_ids: np.ndarray
+    logprobs: np.ndarray
+    greedy: np.ndarray
+    top1: np.ndarray
+
+    @property
+    def total(self) -> float:
+        return float(self.logprobs.sum())
+
+    @property
+    def mean(self) -> float:
+        return float(self.logprobs.mean()) if len(self.logprobs) else float("nan")
+
+    @property
+    def all_greedy(self) -> bool:
+        return bool(self.greedy.all())
+
+
+class Scorer:
+    """Batched log-probabilities of sentences and continuations under one model.
+
+    max_batch_tokens: padded tokens per forward pass (default: what fits 512 MiB of logits).
+    max_batch_size:   sentences per forward pass.
+    progress:         draw a progress bar (None: when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        max_batch_tokens: int | None = None,
+        max_batch_size: int = 128,
+        progress: bool | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
+        self.max_batch_tokens = max_batch_tokens or max(64, _LOGITS_BUDGET_BYTES // (4 * vocab))
+        self.max_batch_size = max_batch_size
+        self.progress = progress
+        self.prefix_token_id, self.prefix_kind = _prefix_token(tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self.max_length = _max_positions(model)
+
+    @classmethod
+    def from_loaded(cls, loaded: Any, **kwargs: Any) -> Scorer:
+        """A scorer for a `fairstamp.models.LoadedModel`."""
+        return cls(loaded.model, loaded.tokenizer, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """How scores are computed, for run records and reports."""
+        token = None
+        if self.prefix_token_id is not None:
+            token = self.tokenizer.convert_ids_to_tokens(self.prefix_token_id)
+        return {
+            "prefix": self.prefix_kind,
+            "prefix_token": token,
+            "prefix_token_id": self.prefix_token_id,
+            "max_batch_tokens": self.max_batch_tokens,
+            "max_batch_size": self.max_batch_size,
+        }
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), add_special_tokens=False).input_ids
+        return [list(ids) for ids in encoded]
+
+    def encode(self, sentence: str) -> list[int]:
+        """Token ids of a sentence as scored: the start-of-text token (if any), then its tokens."""
+        return self._with_prefix(self._tokenize([sentence])[0])
+
+    def _with_prefix(self, ids: list[int]) -> list[int]:
+        return [self.prefix_token_id, *ids] if self.prefix_token_id is not None else list(ids)
+
+    # -- public scoring ------------------------------------------------------------------------
+
+    def score(self, sentences: Sequence[str], *, description: str = "scoring") -> SentenceScores:
+        """Log-probability (sum and per-token mean) of each sentence, in input order.
+
+        Identical sentences are scored once.
+        """
+        sentences = list(sentences)
+        unique = list(dict.fromkeys(sentences))
+        sequences = [self._with_prefix(ids) for ids in self._tokenize(unique)]
+        start = 1
+        for text, seq in zip(unique, sequences):
+            if len(seq) <= start:
+                raise FairstampError(f"cannot score {text!r}: it has no tokens to score")
+        spans = self.token_logprobs(sequences, [start] * len(sequences), description=description)
+        index = {text: i for i, text in enumerate(unique)}
+        total = np.array([spans[index[s]].total for s in sentences], dtype=np.float64)
+        n = np.array([len(spans[index[s]].logprobs) for s in sentences], dtype=np.int64)
+        return SentenceScores(total=total, mean=total / np.maximum(n, 1), n_tokens=n)
+
+    def continuation_logprobs(
+        self,
+        prefixes: Sequence[str],
+        continuations: Sequence[str],
+        *,
+        description: str = "scoring",
+    ) -> list[TokenLogprobs]:
+        """Per-token log-probs of each continuation given its prefix (prefix tokens not scored).
+
+        Tokenized as lm-evaluation-harness does: the whole string is encoded and the continuation is
+        its tokens after as many as the prefix alone encodes to, so the model reads the text as one
+        piece. Trailing spaces of a prefix move to its continuation.
+        """
+        if len(prefixes) != len(continuations):
+            raise ValueError("prefixes and continuations must have the same length")
+        moved = [_move_trailing_space(p, c) for p, c in zip(prefixes, continuations)]
+        whole = self._tokenize([p + c for p, c in moved])
+        heads = self._tokenize([p for p, _ in moved])
+        sequences, starts = [], []
+        for (prefix, cont), ids, head in zip(moved, whole, heads):
+            if not cont:
+                raise FairstampError(f"empty continuation after prefix {prefix!r}")
+            cut = min(len(head), len(ids) - 1)
+            seq = self._with_prefix(ids)
+            offset = len(seq) - len(ids)
+            sequences.append(seq)
+            starts.append(max(1, cut + offset))
+        return self.token_logprobs(sequences, starts, description=description)
+
+    # -- the core ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def token_logprobs(
+        self,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        *,
+        description: str = "scoring",
+    ) -> list[TokenLogprobs]:
+        """Log-probabilities of `seq[start:]` for each token sequence, each token predicted from
+        everything before it. `start >= 1`; results are in input order."""
+        if len(sequences) != len(starts):
+            raise ValueError("sequences and starts must have the same length")
+        for seq, start in zip(sequences, starts):
+            if not 1 <= start <= len(seq):
+                raise ValueError(f"start {start} out of range for a sequence of {len(seq)} tokens")
+            if self.max_length is not None and len(seq) > self.max_length:
+                raise FairstampError(
+                    f"a sequence of {len(seq)} tokens exceeds the model's {self.max_length} "
+                    f"positions"
+                )
+        results: list[TokenLogprobs | None] = [None] * len(sequences)
+        device = next(self.model.parameters()).device
+        with progress_bar(len(sequences), description, self.progress) as advance:
+            for batch in self._batches([len(s) for s in sequences]):
+                out = self._forward_batch([sequences[i] for i in batch],
+                                          [starts[i] for i in batch], device)
+                for i, item in zip(batch, out):
+                    results[i] = item
+                advance(len(batch))
+        return results  # type: ignore[return-value]
+
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped longest first; each batch's padded size fits the token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = lengths[current[0]] if current else lengths[i]
+            fits = (len(current) + 1) * width <= self.max_batch_tokens
+            if current and (not fits or len(current) >= self.max_batch_size):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _forward_batch(
+        self, seqs: list[Sequence[int]], starts: list[int], device: torch.device
+    ) -> list[TokenLogprobs]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        positions = torch.arange(width).unsqueeze(0).expand(len(seqs), width)
+        logits = self.model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=False,
+        ).logits
+        # Only the positions that predict a scored token: (row, position of the previous token).
+        rows = torch.cat([torch.full((len(s) - st,), r) for r, (s, st) in
+                          enumerate(zip(seqs, starts))])
+        cols = torch.cat([torch.arange(st - 1, len(s) - 1) for s, st in zip(seqs, starts)])
+        targets = ids[rows, cols + 1].to(device)
+        picked = logits[rows.to(device), cols.to(device)].float()
+        target_logits = picked.gather(1, targets.unsqueeze(1)).squeeze(1)
+        logprobs = (target_logits - torch.logsumexp(picked, dim=-1)).double().cpu().numpy()
+        top1 = picked.argmax(dim=-1)
+        greedy = (top1 == targets).cpu().numpy()
+        top1 = top1.cpu().numpy()
+        out, offset = [], 0
+        for seq, start in zip(seqs, starts):
+            n = len(seq) - start
+            out.append(
+                TokenLogprobs(
+                    token_ids=np.asarray(seq[start:], dtype=np.int64),
+                    logprobs=logprobs[offset : offset + n],
+                    greedy=greedy[offset : offset + n],
+                    top1=top1[offset : offset + n],
+                )
+            )
+            offset += n
+        return out
+
+
+def _prefix_token(tokenizer: Any) -> tuple[int | None, str]:
+    for kind in ("bos", "eos"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            return int(token_id), kind
+    log.warning("tokenizer defines neither BOS nor EOS: the first token of each sentence is not "
+                "scored")
+    return None, "none"
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _move_trailing_space(prefix: str, continuation: str) -> tuple[str, str]:
+    stripped = prefix.rstrip(" ")
+    return stripped, prefix[len(stripped) :] + continuation
+

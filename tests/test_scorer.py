@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ARCHS, stereoset_sentences
+from fairstamp.errors import FairstampError
+from fairstamp.scoring import Scorer
+
+SENTENCES = stereoset_sentences(60)
+
+
+def reference_score(model, ids: list[int]) -> np.ndarray:
+    """Per-token log-probs of ids[1:] from one unpadded forward pass, written out longhand."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return np.array([logprobs[t - 1, ids[t]].item() for t in range(1, len(ids))])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_scores_equal_one_at_a_time(arch, tiny_models, tiny_tokenizer):
+    model = tiny_models[arch]
+    batched = Scorer(model, tiny_tokenizer, max_batch_tokens=400).score(SENTENCES)
+    single = Scorer(model, tiny_tokenizer, max_batch_size=1)
+    for i, sentence in enumerate(SENTENCES[:25]):
+        ref = reference_score(model, single.encode(sentence))
+        one = single.score([sentence])
+        assert one.total[0] == pytest.approx(ref.sum(), abs=1e-4)
+        assert batched.total[i] == pytest.approx(ref.sum(), abs=1e-4)
+        assert batched.mean[i] == pytest.approx(ref.mean(), abs=1e-4)
+        assert batched.n_tokens[i] == len(ref)
+
+
+def test_bos_is_prepended_and_every_sentence_token_is_scored(tiny_models, tiny_tokenizer):
+    scorer = Scorer(tiny_models["llama"], tiny_tokenizer)
+    ids = scorer.encode("The chess player was asian.")
+    assert ids[0] == tiny_tokenizer.bos_token_id
+    assert ids[1:] == tiny_tokenizer("The chess player was asian.",
+                                     add_special_tokens=False).input_ids
+    scores = scorer.score(["The chess player was asian."])
+    assert scores.n_tokens[0] == len(ids) - 1
+    assert scorer.describe()["prefix"] == "bos"
+
+
+def test_without_bos_eos_starts_the_text_and_without_either_first_token_is_unscored(
+        tiny_models, tiny_tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    model = tiny_models["qwen2"]
+    no_bos = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer,
+                                     eos_token="<eos>", pad_token="<pad>")
+    scorer = Scorer(model, no_bos)
+    assert scorer.describe()["prefix"] == "eos"
+    assert scorer.encode("A man.")[0] == no_bos.eos_token_id
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer)
+    scorer = Scorer(model, bare)
+    ids = bare("The man was tall.", add_special_tokens=False).input_ids
+    scores = scorer.score(["The man was tall."])
+    assert scores.n_tokens[0] == len(ids) - 1
+    assert scores.total[0] == pytest.approx(reference_score(model, ids).sum(), abs=1e-4)
+
+
+def test_padding_side_of_the_tokenizer_does_not_matter(tiny_models, tiny_tokenizer):
+    model = tiny_models["gpt2"]
+    tiny_tokenizer.padding_side = "left"
+    left = Scorer(model, tiny_tokenizer).score(SENTENCES).total
+    tiny_tokenizer.padding_side = "right"
+    right = Scorer(model, tiny_tokenizer).score(SENTENCES).total
+    np.testing.assert_array_equal(left, right)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_scores_do_not_depend_on_order_or_batch_neighbours(data, tiny_models, tiny_tokenizer):
+    """Permuting the input permutes the output; the batch budget (how sentences are padded
+    together) changes nothing beyond float noise."""
+    arch = data.draw(st.sampled_from(["gpt2", "llama", "gpt_neox", "opt"]))
+    model = tiny_models[arch]
+    idx = data.draw(st.lists(st.integers(0, len(SENTENCES) - 1), min_size=1, max_size=12))
+    sentences = [SENTENCES[i] for i in idx]
+    budget = data.draw(st.integers(32, 600))
+    base = Scorer(model, tiny_tokenizer, max_batch_tokens=10_000).score(sentences)
+    perm = data.draw(st.permutations(range(len(sentences))))
+    other = Scorer(model, tiny_tokenizer, max_batch_tokens=budget).score(
+        [sentences[i] for i in perm])
+    np.testing.assert_allclose(other.total, base.total[list(perm)], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(other.n_tokens, base.n_tokens[list(perm)])
+
+
+def test_duplicates_are_scored_once_and_returned_everywhere(tiny_models, tiny_tokenizer):
+    scorer = Scorer(tiny_models["llama"], tiny_tokenizer)
+    calls = []
+    original = scorer._forward_batch
+    scorer._forward_batch = lambda seqs, starts, dev: calls.append(len(seqs)) or original(
+        seqs, starts, dev)
+    out = scorer.score(["A b.", "C d.", "A b."])
+    assert sum(calls) == 2
+    assert out.total[0] == out.total[2]
+
+
+def test_continuation_logprobs_match_the_difference_of_sentence_scores(tiny_models,
+                                                                        tiny_tokenizer):
+    scorer = Scorer(tiny_models["llama"], tiny_tokenizer)
+    prefixes = ["The chess player was", "My mother is a", "The Muslim man went to the "]
+    conts = [" asian.", " nurse.", "mosque."]
+    spans = scorer.continuation_logprobs(prefixes, conts)
+    for prefix, cont, span in zip(prefixes, conts, spans):
+        whole = scorer.encode(prefix.rstrip(" ") + (" " if prefix.endswith(" ") else "") + cont)
+        head = scorer.encode(prefix.rstrip(" "))
+        assert list(span.token_ids) == whole[len(head):]
+        ref = reference_score(tiny_models["llama"], whole)
+        assert span.total == pytest.approx(ref[len(head) - 1:].sum(), abs=1e-4)
+        assert span.greedy.dtype == bool
+
+
+def test_greedy_flags_are_argmax(tiny_models, tiny_tokenizer):
+    model = tiny_models["llama"]
+    scorer = Scorer(model, tiny_tokenizer)
+    ids = scorer.encode("The chess player")
+    with torch.no_grad():
+        nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+    cont = tiny_tokenizer.decode([nxt])
+    span = scorer.token_logprobs([[*ids, nxt]], [len(ids)])[0]
+    assert span.all_greedy, cont
+    span = scorer.token_logprobs([[*ids, (nxt + 1) % 300]], [len(ids)])[0]
+    assert not span.all_greedy
+
+
+def test_empty_and_too_long_inputs_are_refused(tiny_models, tiny_tokenizer):
+    scorer = Scorer(tiny_models["llama"], tiny_tokenizer)
+    with pytest.raises(FairstampError, match="no tokens"):
+        scorer.score([""])
+    with pytest.raises(FairstampError, match="exceeds"):
+        scorer.score(["word " * 200])
+    assert len(scorer.score([])) == 0
+
+
+@pytest.mark.slow
+def test_smollm2_batched_scores_equal_one_at_a_time(smollm2):
+    scorer = Scorer.from_loaded(smollm2)
+    sentences = stereoset_sentences()[::97][:40]
+    batched = scorer.score(sentences)
+    for i, sentence in enumerate(sentences):
+        assert scorer.score([sentence]).total[0] == pytest.approx(batched.total[i], abs=1e-4)
+        ref = reference_score(smollm2.model, scorer.encode(sentence))
+        assert batched.total[i] == pytest.approx(ref.sum(), abs=1e-4)
