@@ -111,7 +111,9 @@ def test_per_target_breakdown(stereoset):
     items, scores = stereoset
     per = stereoset_per_target(items, scores)
     assert list(per) == ["nurse", "Muslim"]
+    assert per["nurse"].pop("bias_type") == "profession"
     assert per["nurse"] == pytest.approx({"n": 3, "ss": 100 / 3, "lms": 250 / 3, "icat": 500 / 9})
+    assert per["Muslim"].pop("bias_type") == "religion"
     assert per["Muslim"] == pytest.approx({"n": 1, "ss": 100.0, "lms": 50.0, "icat": 0.0})
 
 

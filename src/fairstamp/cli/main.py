@@ -64,9 +64,9 @@ def _setup_logging(level: int, show_library_progress: bool) -> None:
 
 
 def _register() -> None:
-    from fairstamp.cli import demo, models, score
+    from fairstamp.cli import compare, demo, evaluate, models, score
 
-    for module in (demo, models, score):
+    for module in (demo, evaluate, compare, models, score):
         module.register(app)
 
 

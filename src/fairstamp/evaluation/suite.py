@@ -1,0 +1,252 @@
+"""One evaluation entry point: load the sets a suite needs, score every sentence once, compute
+every metric, and return plain dictionaries (`metrics.json` and `predictions.json` content).
+
+Accepts a model already in memory (like lm-evaluation-harness's `simple_evaluate`), so FAST and the
+baselines evaluate edited models through exactly the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairstamp import __version__
+from fairstamp.data.items import BiasItem, RetentionItem
+from fairstamp.errors import DataError
+from fairstamp.evaluation.config import EvalConfig
+from fairstamp.scoring import Scorer
+from fairstamp.utils.repro import library_versions
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "FAIRSTAMP_DATA"
+GPT_PARAPHRASES = Path("model_editing_for_debias") / "steroset.jsonl"
+# StereoSet names race "race"; CrowS-Pairs names it "race-color".
+_CROWS_TYPE = {"race": "race-color"}
+
+
+def data_root(config: EvalConfig) -> Path | None:
+    """The public data folder (../shared/data layout): option, $FAIRSTAMP_DATA, or a `shared/data`
+    beside the working directory's repository, if any of them exists."""
+    candidates = [config.data_dir, os.environ.get(DATA_ENV),
+                  Path.cwd().parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` returns: `metrics` (→ metrics.json) and `predictions` (→ predictions.json),
+    plus the loaded StereoSet items for exports."""
+
+    metrics: dict[str, Any]
+    predictions: dict[str, Any]
+    items: dict[str, list] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def _record(data: dict, name: str, path: str | Path | None, n: int) -> None:
+    entry: dict[str, Any] = {"n": n, "path": str(path) if path else "built-in"}
+    entry["sha256"] = sha256_file(path) if path and Path(path).is_file() else "-"
+    data[name] = entry
+
+
+def _require(root: Path | None, relative: str | Path, what: str) -> Path:
+    if root is None:
+        raise DataError(f"{what} needs the public data folder: pass --data-dir or set "
+                        f"${DATA_ENV} (the layout of shared/data)")
+    path = root / relative
+    if not path.exists():
+        raise DataError(f"{path}: missing ({what})")
+    return path
+
+
+def load_reference(reference: str | Path | None) -> dict[str, Any]:
+    """Predictions of an earlier run (a run folder or its predictions.json), for RS and kept."""
+    if reference is None:
+        return {}
+    path = Path(reference)
+    if path.is_dir():
+        path = path / "predictions.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no predictions.json to compare with (--reference)")
+    return json.loads(path.read_text())
+
+
+def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
+             max_batch_tokens: int | None = None) -> Evaluation:
+    """Run `config.suite` on an already-loaded model (`fairstamp.models.LoadedModel`)."""
+    from fairstamp.data.bias_file import load_bias_file
+    from fairstamp.data.crows import load_crows_pairs
+    from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
+    from fairstamp.data.retention import load_retention
+    from fairstamp.data.splits import split_by_target
+    from fairstamp.data.stereoset import default_stereoset_path, load_stereoset
+    from fairstamp.metrics import bias
+
+    start = time.perf_counter()
+    parts = set(config.parts)
+    root = data_root(config)
+    reference = load_reference(config.reference)
+    scorer = Scorer.from_loaded(loaded, progress=progress, max_batch_tokens=max_batch_tokens)
+    data: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    predictions: dict[str, Any] = {}
+    kw = {"n_resamples": config.n_resamples, "seed": config.seed}
+
+    bias_items: list[BiasItem] = []
+    if parts & {"stereoset", "paraphrase", "held_out"}:
+        if config.bias_file:
+            bias_items = load_bias_file(config.bias_file)
+            if config.bias_types:
+                bias_items = [i for i in bias_items if i.bias_type in config.bias_types]
+            if config.limit:
+                bias_items = bias_items[: config.limit]
+            _record(data, "bias_file", config.bias_file, len(bias_items))
+        else:
+            bias_items = load_stereoset(config.stereoset_file, bias_types=config.bias_types,
+                                        limit=config.limit)
+            _record(data, "stereoset", config.stereoset_file or default_stereoset_path(),
+                    len(bias_items))
+        if "paraphrase" in parts:
+            para_path = config.paraphrase_file
+            if para_path is None and root is not None and (root / GPT_PARAPHRASES).is_file():
+                para_path = root / GPT_PARAPHRASES
+            mapping = load_paraphrase_file(para_path) if para_path else {}
+            bias_items = attach_paraphrases(bias_items, mapping,
+                                            rule_fallback=config.rule_paraphrases)
+            _record(data, "paraphrases", para_path,
+                    sum(len(i.paraphrases) for i in bias_items))
+    crows_items: list[BiasItem] = []
+    if "crows" in parts:
+        crows_types = None
+        if config.bias_types:
+            crows_types = [_CROWS_TYPE.get(t, t) for t in config.bias_types
+                           if t != "profession"]
+        crows_items = load_crows_pairs(config.crows_file, bias_types=crows_types or None,
+                                       limit=config.limit)
+        from fairstamp.data.crows import default_crows_path
+
+        _record(data, "crows_pairs", config.crows_file or default_crows_path(), len(crows_items))
+    retention_items: list[RetentionItem] = []
+    if "retention" in parts:
+        retention_items = load_retention(config.retention_file)
+        if config.bias_types:
+            retention_items = [i for i in retention_items if i.bias_type in config.bias_types]
+        if not retention_items:
+            raise DataError("no retention items for the chosen bias types")
+        from fairstamp.data.retention import default_retention_path
+
+        _record(data, "retention", config.retention_file or default_retention_path(),
+                len(retention_items))
+
+    # Every sentence any metric needs, scored once.
+    sentences = bias.sentences_to_score([*bias_items, *crows_items], retention_items,
+                                        paraphrases="paraphrase" in parts)
+    scores: dict[str, float] = {}
+    if sentences:
+        result = scorer.score(sentences, description=f"scoring {len(sentences)} sentences")
+        scores = dict(zip(sentences, result.by(config.reduction).tolist()))
+
+    if "stereoset" in parts:
+        section: dict[str, Any] = {"ss": bias.stereotype_score(bias_items, scores, **kw).to_dict()}
+        if all(i.unrelated is not None for i in bias_items):
+            official = bias.stereoset_scores(bias_items, scores, **kw)
+            section.update({"ss_macro": official.ss.to_dict(), "lms": official.lms.to_dict(),
+                            "icat": official.icat.to_dict(),
+                            "lms_micro": bias.language_modeling_score(bias_items, scores,
+                                                                      **kw).to_dict()})
+            metrics["per_target"] = bias.stereoset_per_target(bias_items, scores)
+        metrics["stereoset"] = section
+    if "paraphrase" in parts and any(i.paraphrases for i in bias_items):
+        metrics["paraphrase"] = {
+            "ps": bias.paraphrase_stereotype_score(bias_items, scores, **kw).to_dict()}
+    if "held_out" in parts:
+        _, held_out = split_by_target(bias_items, held_out_fraction=config.held_out_fraction,
+                                      seed=config.seed)
+        if held_out:
+            metrics["held_out"] = {
+                "ss": bias.stereotype_score(held_out, scores, **kw).to_dict(),
+                "n_targets": len({(i.bias_type, i.target) for i in held_out}),
+            }
+    if "crows" in parts:
+        metrics["crows"] = {"crows": bias.crows_pairs_score(crows_items, scores, **kw).to_dict()}
+    if "retention" in parts:
+        section = {"ds": bias.differentiation_score(retention_items, scores, **kw).to_dict()}
+        predictions["retention"] = bias.retention_predictions(retention_items, scores)
+        if reference.get("retention"):
+            section["rs"] = bias.retention_score(retention_items, scores,
+                                                 reference["retention"], **kw).to_dict()
+        metrics["retention"] = section
+    if "general" in parts:
+        metrics["general"] = _general(scorer, config, root, reference, predictions, data)
+
+    return Evaluation(
+        metrics={
+            "fairstamp_version": __version__,
+            "model": {"name": loaded.name, "family": loaded.arch.family, "source": loaded.source,
+                      "path": loaded.path, **{k: v for k, v in loaded.info.items()
+                                              if k in ("num_layers", "gguf_sha256", "upstream")}},
+            "config": config.to_dict(),
+            "scoring": {**scorer.describe(), "reduction": config.reduction,
+                        "sentences_scored": len(sentences)},
+            "data": data,
+            "metrics": metrics,
+            "versions": library_versions(),
+            "timing": {"seconds": time.perf_counter() - start,
+                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        },
+        predictions=predictions,
+        items={"stereoset": bias_items, "crows": crows_items, "retention": retention_items},
+        scores=scores,
+    )
+
+
+def _general(scorer: Scorer, config: EvalConfig, root: Path | None, reference: dict,
+             predictions: dict, data: dict) -> dict[str, Any]:
+    from fairstamp.data import general as gdata
+    from fairstamp.metrics import general as gmetrics
+
+    out: dict[str, Any] = {}
+    wiki = _require(root, gdata.WIKITEXT2_TEST, "WikiText-2 perplexity")
+    text = gdata.load_wikitext2_test(wiki)
+    _record(data, "wikitext2_test", wiki, len(text))
+    out["perplexity"] = gmetrics.perplexity(
+        scorer, text, max_tokens=config.general_limits.get("wikitext2",
+                                                             gmetrics.DEFAULT_LIMITS["wikitext2"]),
+        seed=config.seed).to_dict()
+    known_path = _require(root, gdata.KNOWN_1000, "known_1000 fact retention")
+    facts = gdata.load_known_facts(known_path)
+    limit = config.general_limits.get("known_1000", gmetrics.DEFAULT_LIMITS["known_1000"])
+    facts = facts[:limit] if limit else facts
+    _record(data, "known_1000", known_path, len(facts))
+    ref_top1 = reference.get("known_1000_top1")
+    known = gmetrics.known_facts(scorer, facts, reference=ref_top1, seed=config.seed)
+    predictions["known_1000_top1"] = known["top1"]
+    out["known_1000"] = {k: v.to_dict() for k, v in known.items() if k != "top1"}
+    out["downstream"] = {}
+    for task in gdata.DOWNSTREAM_TASKS:
+        path = _require(root, gdata.downstream_path(task), f"{task} accuracy")
+        limit = config.general_limits.get(task, gmetrics.DEFAULT_LIMITS[task])
+        items = gdata.load_multiple_choice(path, task, limit=limit)
+        _record(data, task, path, len(items))
+        result = gmetrics.multiple_choice_accuracy(scorer, items, seed=config.seed)
+        out["downstream"][task] = {k: v.to_dict() for k, v in result.items()}
+    return out

@@ -1,0 +1,125 @@
+"""Plots people would rather look at than tables. Matplotlib with the Agg backend, PNG files.
+
+Every function takes plain result dictionaries (as stored in `metrics.json`), so a report can be
+re-plotted from a finished run folder without the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+_COLORS = {
+    "gender": "#d62728",
+    "race": "#1f77b4",
+    "religion": "#2ca02c",
+    "profession": "#9467bd",
+    "overall": "#444444",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _color(name: str) -> str:
+    return _COLORS.get(name, "#7f7f7f")
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    from fairstamp.utils.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def bars_with_ideal(
+    values: Mapping[str, Mapping[str, float]],
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    ideal: float | None = 50.0,
+    series: Sequence[str] | None = None,
+) -> Path:
+    """Grouped bars with CI whiskers: `values[series][category] -> MetricValue dict`.
+
+    One series gives SS per bias type; two series (before, after) give a before/after chart.
+    """
+    plt = _pyplot()
+    series = list(series or values)
+    categories = list(dict.fromkeys(c for s in series for c in values[s]))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(categories) * max(len(series), 1)), 3.6))
+    palette = ["#9aa5b1", "#1f6feb", "#f0883e", "#2da44e"]
+    for k, name in enumerate(series):
+        xs, heights, lows, highs = [], [], [], []
+        for i, cat in enumerate(categories):
+            mv = values[name].get(cat)
+            if mv is None:
+                continue
+            xs.append(i + (k - (len(series) - 1) / 2) * width)
+            heights.append(mv["value"])
+            lows.append(mv["value"] - mv["ci_low"])
+            highs.append(mv["ci_high"] - mv["value"])
+        colors = [_color(c) for c in categories] if len(series) == 1 else palette[k % 4]
+        ax.bar(xs, heights, width=width * 0.92, color=colors, label=name,
+               yerr=[lows, highs], capsize=3, edgecolor="black", linewidth=0.4)
+    if ideal is not None:
+        ax.axhline(ideal, color="black", linestyle="--", linewidth=1, label=f"ideal ({ideal:g})")
+    ax.set_xticks(range(len(categories)), categories)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def per_target_scatter(per_target: Mapping[str, Mapping[str, Any]], path: Path, *,
+                       title: str) -> Path:
+    """SS of each StereoSet target (y) against its number of items (x), coloured by bias type."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    by_type: dict[str, list[tuple[int, float]]] = {}
+    for row in per_target.values():
+        by_type.setdefault(row["bias_type"], []).append((row["n"], row["ss"]))
+    for bias_type, points in sorted(by_type.items()):
+        xs, ys = zip(*points)
+        ax.scatter(xs, ys, s=14, alpha=0.7, color=_color(bias_type), label=bias_type)
+    ax.axhline(50, color="black", linestyle="--", linewidth=1, label="ideal (50)")
+    ax.set_xlabel("items per target")
+    ax.set_ylabel("SS of the target (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def lms_vs_ss(points: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path, *,
+              title: str) -> Path:
+    """One point per bias type (and overall): x = SS, y = LMS, with CI whiskers; ideal (50, 100)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, mv in points.items():
+        ss, lms = mv["ss"], mv["lms"]
+        ax.errorbar(ss["value"], lms["value"],
+                    xerr=[[ss["value"] - ss["ci_low"]], [ss["ci_high"] - ss["value"]]],
+                    yerr=[[lms["value"] - lms["ci_low"]], [lms["ci_high"] - lms["value"]]],
+                    fmt="o", color=_color(name), label=name, capsize=3)
+    ax.scatter([50], [100], marker="*", s=160, color="gold", edgecolor="black", zorder=5,
+               label="ideal")
+    ax.axvline(50, color="black", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("SS (%)  — 50 is unbiased")
+    ax.set_ylabel("LMS (%)  — higher is better")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

@@ -1,0 +1,139 @@
+"""Markdown reports and terminal tables from `metrics.json`-shaped results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# (section, metric key, label, ideal) in the order a reader wants them.
+METRIC_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("stereoset", "ss", "SS (StereoSet, micro)", "50"),
+    ("stereoset", "ss_macro", "SS (StereoSet, official per-target macro)", "50"),
+    ("stereoset", "lms", "LMS (official)", "100"),
+    ("stereoset", "icat", "ICAT (official)", "100"),
+    ("paraphrase", "ps", "PS (paraphrases)", "50"),
+    ("held_out", "ss", "SS on held-out targets", "50"),
+    ("crows", "crows", "CrowS-Pairs score", "50"),
+    ("retention", "ds", "DS (retention set)", "higher"),
+    ("retention", "rs", "RS (vs reference)", "100"),
+)
+
+
+def flat(breakdown: Mapping[str, Any]) -> dict[str, Any]:
+    """A Breakdown dict (`{"overall", "by_type"}`) as one mapping: overall, then each bias type."""
+    return {"overall": breakdown["overall"], **breakdown.get("by_type", {})}
+
+
+def fmt(mv: Mapping[str, Any] | None, digits: int = 1) -> str:
+    if mv is None:
+        return "–"
+    return f"{mv['value']:.{digits}f} [{mv['ci_low']:.{digits}f}, {mv['ci_high']:.{digits}f}]"
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    """(label, ideal, {column: formatted}) for every bias metric present; columns are
+    'overall' and the bias types."""
+    rows = []
+    for section, key, label, ideal in METRIC_ROWS:
+        breakdown = metrics.get(section, {}).get(key)
+        if not breakdown:
+            continue
+        rows.append((label, ideal, {col: fmt(mv) for col, mv in flat(breakdown).items()}))
+    return rows
+
+
+def general_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, value, ideal) for the general-ability metrics present."""
+    general = metrics.get("general") or {}
+    rows = []
+    if "perplexity" in general:
+        rows.append(("WikiText-2 perplexity", fmt(general["perplexity"], 2), "lower"))
+    known = general.get("known_1000") or {}
+    if "accuracy" in known:
+        rows.append(("known_1000 top-1 accuracy (%)", fmt(known["accuracy"]), "higher"))
+    if "kept" in known:
+        rows.append(("known_1000 top-1 kept vs reference (%)", fmt(known["kept"]), "100"))
+    for task, result in (general.get("downstream") or {}).items():
+        rows.append((f"{task} accuracy (%)", fmt(result["acc"]), "higher"))
+    return rows
+
+
+def _columns(rows: list[tuple[str, str, dict[str, str]]]) -> list[str]:
+    cols = ["overall"]
+    for _, _, values in rows:
+        cols += [c for c in values if c not in cols]
+    return cols
+
+
+def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str:
+    """The run's report: configuration, a summary table, general ability, plots, provenance."""
+    config = results["config"]
+    metrics = results["metrics"]
+    lines = [
+        f"# fairstamp evaluation: `{results['model']['name']}`",
+        "",
+        f"Suite `{config['suite']}`, seed {config['seed']}, sentence score = per-token "
+        f"**{config['reduction']}** log-probability"
+        + (f", limit {config['limit']} items per set" if config.get("limit") else "")
+        + f". Values are % with bootstrap 95% CIs ({config['n_resamples']} resamples).",
+        "",
+    ]
+    rows = metric_rows(metrics)
+    if rows:
+        cols = _columns(rows)
+        lines += ["## Bias and knowledge", "",
+                  "| metric | ideal | " + " | ".join(cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
+        for label, ideal, values in rows:
+            lines.append(f"| {label} | {ideal} | " + " | ".join(values.get(c, "–") for c in cols)
+                         + " |")
+        lines.append("")
+    grows = general_rows(metrics)
+    if grows:
+        lines += ["## General ability", "", "| metric | value | ideal |", "|---|---|---|"]
+        lines += [f"| {label} | {value} | {ideal} |" for label, value, ideal in grows]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{name}]({file})" for name, file in plots.items()]
+        lines.append("")
+    lines += ["## Provenance", "",
+              f"- model: `{results['model']['name']}` ({results['model'].get('family', '')}), "
+              f"source {results['model'].get('source', '')}",
+              "- data: " + ", ".join(f"{k} ({v['n']} records, sha256 {v['sha256'][:12]}…)"
+                                     for k, v in results.get("data", {}).items()),
+              f"- time: {results['timing']['seconds']:.0f} s, peak memory "
+              f"{results['timing']['peak_rss_mib']:.0f} MiB",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+              "- every number is in `metrics.json`; per-item predictions in `predictions.json`.",
+              ""]
+    return "\n".join(lines)
+
+
+def print_summary(results: Mapping[str, Any]) -> None:
+    """A readable table at the end of a run (rich, on stdout)."""
+    from rich.table import Table
+
+    from fairstamp.reporting.text import console
+
+    metrics = results["metrics"]
+    rows = metric_rows(metrics)
+    out = console()
+    if rows:
+        cols = _columns(rows)
+        table = Table(title=f"BiaScope — {results['model']['name']}")
+        table.add_column("metric")
+        table.add_column("ideal")
+        for col in cols:
+            table.add_column(col, justify="right")
+        for label, ideal, values in rows:
+            table.add_row(label, ideal, *[values.get(c, "–") for c in cols])
+        out.print(table)
+    grows = general_rows(metrics)
+    if grows:
+        table = Table(title="General ability")
+        for col in ("metric", "value", "ideal"):
+            table.add_column(col)
+        for row in grows:
+            table.add_row(*row)
+        out.print(table)
