@@ -9,7 +9,7 @@ from fairstamp.cli.main import main
 from fairstamp.models import load
 from fairstamp.scoring import Scorer
 
-COMMANDS = ["demo", "models", "score"]
+COMMANDS = ["demo", "eval", "compare", "models", "score"]
 
 
 def run(args, capsys):
@@ -25,7 +25,7 @@ def test_every_command_has_help(command, capsys):
     assert code == 0
     assert "Usage:" in out
     if command:
-        assert "--model" in out or command == "models"
+        assert "--model" in out or command in ("models", "compare")
 
 
 def test_score_writes_jsonl_in_input_order_matching_the_scorer(tmp_path, tiny_model_dir, capsys):

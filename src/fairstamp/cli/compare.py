@@ -40,7 +40,8 @@ def compare(
     second: Annotated[Path, typer.Argument(help="Run folder B (e.g. after).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the "  # noqa: UP045
                                                 "comparison plot and table.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Print (and with --out, plot and write) every metric of two runs side by side with the
     difference B − A."""

