@@ -25,29 +25,29 @@ def tiny_configs(vocab_size: int) -> dict:
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return {
-        "gpt2": T.GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=128, **common),
+        "gpt2": T.GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=1024, **common),
         "gpt_neo": T.GPTNeoConfig(num_layers=3, hidden_size=32, num_heads=4, window_size=16,
                                   attention_types=[[["global", "local"], 1], [["global"], 1]],
-                                  max_position_embeddings=128, **common),
-        "gptj": T.GPTJConfig(n_layer=3, n_embd=32, n_head=4, rotary_dim=4, n_positions=128,
+                                  max_position_embeddings=1024, **common),
+        "gptj": T.GPTJConfig(n_layer=3, n_embd=32, n_head=4, rotary_dim=4, n_positions=1024,
                              **common),
         "gpt_neox": T.GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
-                                    intermediate_size=64, max_position_embeddings=128, **common),
+                                    intermediate_size=64, max_position_embeddings=1024, **common),
         "opt": T.OPTConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, ffn_dim=64,
-                           max_position_embeddings=128, word_embed_proj_dim=32, **common),
+                           max_position_embeddings=1024, word_embed_proj_dim=32, **common),
         "llama": T.LlamaConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
                                num_key_value_heads=2, intermediate_size=64,
-                               max_position_embeddings=128, **common),
+                               max_position_embeddings=1024, **common),
         "mistral": T.MistralConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
                                    num_key_value_heads=2, intermediate_size=64,
-                                   max_position_embeddings=128, **common),
+                                   max_position_embeddings=1024, **common),
         "qwen2": T.Qwen2Config(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
                                num_key_value_heads=2, intermediate_size=64,
-                               max_position_embeddings=128, **common),
+                               max_position_embeddings=1024, **common),
         "gemma3_text": T.Gemma3TextConfig(num_hidden_layers=3, hidden_size=32,
                                           num_attention_heads=4, num_key_value_heads=2,
                                           head_dim=8, intermediate_size=64, sliding_window=16,
-                                          max_position_embeddings=128, **common),
+                                          max_position_embeddings=1024, **common),
     }
 
 

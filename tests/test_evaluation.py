@@ -123,3 +123,23 @@ def test_existing_run_folder_is_refused(tmp_path, tiny_model_dir, capsys):
     code, _, err = run(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "run")],
                        capsys)
     assert code == 2 and "already exists" in err
+
+
+def test_general_suite_on_tiny_model(tmp_path, tiny_model_dir, capsys):
+    limits = "wikitext2=600,known_1000=30,boolq=5,copa=10,winogrande=10,piqa=10,arc_easy=10"
+    code, stdout, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
+                             "--general-limits", limits, "--bootstrap", "20",
+                             "--data-dir", str(SHARED_DATA), "--out", str(tmp_path / "g")], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    general = metrics["metrics"]["general"]
+    assert general["perplexity"]["value"] > 1.0
+    assert general["known_1000"]["accuracy"]["n"] == 30
+    assert {t: general["downstream"][t]["n"] for t in general["downstream"]} == {
+        "boolq": 5, "copa": 10, "winogrande": 10, "piqa": 10, "arc_easy": 10}
+    predictions = json.loads((tmp_path / "g" / "predictions.json").read_text())
+    assert len(predictions["known_1000_top1"]) == 30
+    assert "WikiText-2 perplexity" in stdout
+    code, _, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
+                        "--general-limits", "boolq=many", "--out", str(tmp_path / "h")], capsys)
+    assert code == 2 and "--general-limits" in err and not (tmp_path / "h").exists()

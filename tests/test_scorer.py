@@ -135,7 +135,7 @@ def test_empty_and_too_long_inputs_are_refused(tiny_models, tiny_tokenizer):
     with pytest.raises(FairstampError, match="no tokens"):
         scorer.score([""])
     with pytest.raises(FairstampError, match="exceeds"):
-        scorer.score(["word " * 200])
+        scorer.score(["word " * 1200])
     assert len(scorer.score([])) == 0
 
 
@@ -148,3 +148,22 @@ def test_smollm2_batched_scores_equal_one_at_a_time(smollm2):
         assert scorer.score([sentence]).total[0] == pytest.approx(batched.total[i], abs=1e-4)
         ref = reference_score(smollm2.model, scorer.encode(sentence))
         assert batched.total[i] == pytest.approx(ref.sum(), abs=1e-4)
+
+
+def test_long_prefixes_lose_their_oldest_tokens(tiny_models, tiny_tokenizer):
+    """Like lm-evaluation-harness: a prefix that does not fit keeps the start token and its most
+    recent tokens; the continuation's log-probs equal those of the truncated text."""
+    model = tiny_models["llama"]
+    scorer = Scorer(model, tiny_tokenizer)
+    prefix = ("The chess player was asian and " * 200).rstrip()
+    span = scorer.continuation_logprobs([prefix], [" he won."])[0]
+    whole = scorer.encode(prefix + " he won.")
+    head = scorer.encode(prefix)
+    assert len(whole) > 1024
+    kept = [whole[0], *whole[len(whole) - 1023:]]
+    ref = reference_score(model, kept)
+    n = len(whole) - len(head)
+    assert list(span.token_ids) == whole[-n:]
+    assert span.total == pytest.approx(ref[-n:].sum(), abs=1e-4)
+    with pytest.raises(FairstampError, match="alone exceeds"):
+        scorer.continuation_logprobs(["A"], [" word" * 1200])

@@ -50,6 +50,10 @@ def eval_command(
                                               "WikiText-2, known_1000, downstream sets and "
                                               "paraphrases (default: $FAIRSTAMP_DATA or "
                                               "../shared/data).")] = None,
+    general_limits: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Subset sizes of the general suite, e.g. wikitext2=65536,boolq=500 (tokens for "
+        "wikitext2, first N items otherwise; 0 = all). Defaults: fairstamp.metrics.general.")]
+    = None,
     export_stereoset_predictions: Annotated[PathOpt, typer.Option(
         help="Also write StereoSet predictions in the official format to this file.")] = None,
     overwrite: Annotated[bool, typer.Option(
@@ -78,7 +82,8 @@ def eval_command(
             stereoset_file=_str(stereoset_file), crows_file=_str(crows_file),
             bias_file=_str(bias_file), retention_file=_str(retention_file),
             paraphrase_file=_str(paraphrase_file), rule_paraphrases=rule_paraphrases,
-            reference=_str(reference), data_dir=_str(data_dir))
+            reference=_str(reference), data_dir=_str(data_dir),
+            general_limits=_limits(general_limits))
     except ValueError as exc:
         raise FairstampError(str(exc)) from None
     if export_stereoset_predictions is not None and "stereoset" not in config.parts:
@@ -99,6 +104,21 @@ def eval_command(
         typer.echo(f"official-format predictions: {export_stereoset_predictions}", err=True)
     print_summary(evaluation.metrics)
     typer.echo(f"report: {out / 'report.md'}", err=True)
+
+
+def _limits(value: str | None) -> dict[str, int]:
+    """`boolq=500,wikitext2=0` → {"boolq": 500, "wikitext2": 0}."""
+    from fairstamp.errors import FairstampError
+    from fairstamp.metrics.general import DEFAULT_LIMITS
+
+    out: dict[str, int] = {}
+    for part in _split(value) or []:
+        name, _, number = part.partition("=")
+        if name not in DEFAULT_LIMITS or not number.isdigit():
+            raise FairstampError(f"--general-limits: expected NAME=N with NAME in "
+                                 f"{', '.join(DEFAULT_LIMITS)}, got {part!r}")
+        out[name] = int(number)
+    return out
 
 
 def _str(path: Path | None) -> str | None:

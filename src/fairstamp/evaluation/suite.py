@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "FAIRSTAMP_DATA"
 GPT_PARAPHRASES = Path("model_editing_for_debias") / "steroset.jsonl"
+# Where the general-ability sets lie inside the public data folder (shared/data layout).
+WIKITEXT2_TEST = Path("wikitext2") / "raw_tyloquant"
+KNOWN_1000 = Path("counterfact") / "known_1000.json"
+DOWNSTREAM = Path("downstream") / "llm_foundry"
 # StereoSet names race "race"; CrowS-Pairs names it "race-color".
 _CROWS_TYPE = {"race": "race-color"}
 
@@ -94,9 +98,9 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
              max_batch_tokens: int | None = None) -> Evaluation:
     """Run `config.suite` on an already-loaded model (`fairstamp.models.LoadedModel`)."""
     from fairstamp.data.bias_file import load_bias_file
-    from fairstamp.data.crows import load_crows_pairs
+    from fairstamp.data.crows import default_crows_path, load_crows_pairs
     from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
-    from fairstamp.data.retention import load_retention
+    from fairstamp.data.retention import default_retention_path, load_retention
     from fairstamp.data.splits import split_by_target
     from fairstamp.data.stereoset import default_stereoset_path, load_stereoset
     from fairstamp.metrics import bias
@@ -140,10 +144,11 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
         if config.bias_types:
             crows_types = [_CROWS_TYPE.get(t, t) for t in config.bias_types
                            if t != "profession"]
-        crows_items = load_crows_pairs(config.crows_file, bias_types=crows_types or None,
+            if not crows_types:
+                raise DataError("CrowS-Pairs has no 'profession' bias type; choose others with "
+                                "--bias-types or another suite")
+        crows_items = load_crows_pairs(config.crows_file, bias_types=crows_types,
                                        limit=config.limit)
-        from fairstamp.data.crows import default_crows_path
-
         _record(data, "crows_pairs", config.crows_file or default_crows_path(), len(crows_items))
     retention_items: list[RetentionItem] = []
     if "retention" in parts:
@@ -152,8 +157,6 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
             retention_items = [i for i in retention_items if i.bias_type in config.bias_types]
         if not retention_items:
             raise DataError("no retention items for the chosen bias types")
-        from fairstamp.data.retention import default_retention_path
-
         _record(data, "retention", config.retention_file or default_retention_path(),
                 len(retention_items))
 
@@ -225,28 +228,40 @@ def _general(scorer: Scorer, config: EvalConfig, root: Path | None, reference: d
     from fairstamp.metrics import general as gmetrics
 
     out: dict[str, Any] = {}
-    wiki = _require(root, gdata.WIKITEXT2_TEST, "WikiText-2 perplexity")
+    wiki = _require(root, WIKITEXT2_TEST / gdata.WIKITEXT2_TEST_NAME, "WikiText-2 perplexity")
     text = gdata.load_wikitext2_test(wiki)
     _record(data, "wikitext2_test", wiki, len(text))
+    window = min(gmetrics.DEFAULT_WINDOW, scorer.max_length or gmetrics.DEFAULT_WINDOW)
+    stride = gmetrics.DEFAULT_STRIDE if window == gmetrics.DEFAULT_WINDOW else 3 * window // 4
     out["perplexity"] = gmetrics.perplexity(
-        scorer, text, max_tokens=config.general_limits.get("wikitext2",
-                                                             gmetrics.DEFAULT_LIMITS["wikitext2"]),
-        seed=config.seed).to_dict()
-    known_path = _require(root, gdata.KNOWN_1000, "known_1000 fact retention")
+        scorer, text, window=window, stride=stride,
+        max_tokens=_limit(config, "wikitext2"),
+        seed=config.seed, n_resamples=config.n_resamples).to_dict()
+    known_path = _require(root, KNOWN_1000, "known_1000 fact retention")
     facts = gdata.load_known_facts(known_path)
-    limit = config.general_limits.get("known_1000", gmetrics.DEFAULT_LIMITS["known_1000"])
+    limit = _limit(config, "known_1000")
     facts = facts[:limit] if limit else facts
     _record(data, "known_1000", known_path, len(facts))
     ref_top1 = reference.get("known_1000_top1")
-    known = gmetrics.known_facts(scorer, facts, reference=ref_top1, seed=config.seed)
+    known = gmetrics.known_facts(scorer, facts, reference=ref_top1, seed=config.seed,
+                                 n_resamples=config.n_resamples)
     predictions["known_1000_top1"] = known["top1"]
     out["known_1000"] = {k: v.to_dict() for k, v in known.items() if k != "top1"}
     out["downstream"] = {}
-    for task in gdata.DOWNSTREAM_TASKS:
-        path = _require(root, gdata.downstream_path(task), f"{task} accuracy")
-        limit = config.general_limits.get(task, gmetrics.DEFAULT_LIMITS[task])
-        items = gdata.load_multiple_choice(path, task, limit=limit)
+    for task in gdata.TASK_FORMATS:
+        path = _require(root, DOWNSTREAM / f"{task}.jsonl", f"{task} accuracy")
+        items = gdata.load_multiple_choice(path, task, limit=_limit(config, task))
         _record(data, task, path, len(items))
-        result = gmetrics.multiple_choice_accuracy(scorer, items, seed=config.seed)
-        out["downstream"][task] = {k: v.to_dict() for k, v in result.items()}
+        result = gmetrics.multiple_choice_accuracy(scorer, items, seed=config.seed,
+                                                   n_resamples=config.n_resamples)
+        out["downstream"][task] = {"acc": result["acc"].to_dict(),
+                                   "acc_norm": result["acc_norm"].to_dict(), "n": result["n"]}
+        predictions.setdefault("downstream", {})[task] = result["predictions"]
     return out
+
+
+def _limit(config: EvalConfig, name: str) -> int | None:
+    """The subset size of one general-ability set: the user's (0 = all) or the default."""
+    from fairstamp.metrics.general import DEFAULT_LIMITS
+
+    return config.general_limits.get(name, DEFAULT_LIMITS[name]) or None

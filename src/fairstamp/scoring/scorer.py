@@ -164,7 +164,8 @@ class Scorer:
 
         Tokenized as lm-evaluation-harness does: the whole string is encoded and the continuation is
         its tokens after as many as the prefix alone encodes to, so the model reads the text as one
-        piece. Trailing spaces of a prefix move to its continuation.
+        piece. Trailing spaces of a prefix move to its continuation. A prefix too long for the
+        model loses its oldest tokens (after the start token), as lm-evaluation-harness does.
         """
         if len(prefixes) != len(continuations):
             raise ValueError("prefixes and continuations must have the same length")
@@ -177,9 +178,16 @@ class Scorer:
                 raise FairstampError(f"empty continuation after prefix {prefix!r}")
             cut = min(len(head), len(ids) - 1)
             seq = self._with_prefix(ids)
-            offset = len(seq) - len(ids)
+            start = max(1, cut + len(seq) - len(ids))
+            if self.max_length is not None and len(seq) > self.max_length:
+                drop = len(seq) - self.max_length
+                if drop >= start:
+                    raise FairstampError(f"the continuation {cont!r} alone exceeds the model's "
+                                         f"{self.max_length} positions")
+                seq = seq[:1] + seq[1 + drop :]
+                start -= drop
             sequences.append(seq)
-            starts.append(max(1, cut + offset))
+            starts.append(start)
         return self.token_logprobs(sequences, starts, description=description)
 
     # -- the core ------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""BiaScope baseline numbers of the embedded models: `fairstamp eval --suite all` on each, in its
+own process (so time and peak memory are the model's own), then one side-by-side table.
+
+Usage: python benchmarks/biascope_baselines.py [--models smollm2-135m,gemma-3-270m]
+Writes benchmarks/results/biascope-<model>/ (run folders) and docs/baselines.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fairstamp.reporting.report import general_rows, metric_rows
+from fairstamp.utils.io import atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def run_model(model: str, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "fairstamp.cli.main", "-q", "eval", "--model", model,
+           "--suite", "all", "--out", str(out), "--overwrite"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["timing"]["wall_seconds_with_load"] = wall
+    return metrics
+
+
+def table(runs: dict[str, dict]) -> list[str]:
+    names = list(runs)
+    lines = ["| metric | column | ideal | " + " | ".join(f"`{n}`" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    first = runs[names[0]]
+    for label, ideal, values in metric_rows(first["metrics"]):
+        for col in values:
+            cells = []
+            for name in names:
+                rows = {r[0]: r[2] for r in metric_rows(runs[name]["metrics"])}
+                cells.append(rows.get(label, {}).get(col, "–"))
+            lines.append(f"| {label} | {col} | {ideal} | " + " | ".join(cells) + " |")
+    for label, _, ideal in general_rows(first["metrics"]):
+        cells = [dict((r[0], r[1]) for r in general_rows(runs[n]["metrics"])).get(label, "–")
+                 for n in names]
+        lines.append(f"| {label} | overall | {ideal} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="smollm2-135m,gemma-3-270m")
+    args = parser.parse_args()
+    runs = {}
+    for model in args.models.split(","):
+        runs[model] = run_model(model, HERE / "results" / f"biascope-{model}")
+    lines = [
+        "# BiaScope baselines of the embedded models",
+        "",
+        "Reproduce: `python benchmarks/biascope_baselines.py` (runs "
+        "`fairstamp eval --suite all --model M` for each model). Values are % (perplexity: "
+        "exp of nats/token) with bootstrap 95% CIs; sentence score = per-token mean "
+        "log-probability; seed 0. Full run folders (metrics.json, report.md, plots) are in "
+        "`benchmarks/results/biascope-<model>/`. Definitions: [biascope.md](biascope.md).",
+        "",
+        *table(runs),
+        "",
+        "## Cost on this machine (2 CPU cores, no GPU)",
+        "",
+        "| model | evaluation (s) | with model load (s) | peak memory (MiB) | sentences scored |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in runs.items():
+        lines.append(f"| `{name}` | {m['timing']['seconds']:.0f} | "
+                     f"{m['timing']['wall_seconds_with_load']:.0f} | "
+                     f"{m['timing']['peak_rss_mib']:.0f} | {m['scoring']['sentences_scored']} |")
+    lines.append("")
+    general = {n: m["config"]["general_limits"] for n, m in runs.items()}
+    lines.append("General-ability subsets (first N in file order): see "
+                 "`fairstamp/metrics/general.py` `DEFAULT_LIMITS`" +
+                 ("" if not any(general.values()) else f"; overrides {general}") + ".")
+    lines.append("")
+    atomic_write_text(ROOT / "docs" / "baselines.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
