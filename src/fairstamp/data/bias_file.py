@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from fairstamp.data.items import CROWS_BIAS_TYPES, STEREOSET_BIAS_TYPES, BiasItem, Paraphrase
+from fairstamp.data.paraphrases import parse_pairs
 from fairstamp.data.readers import display_name, iter_jsonl
 from fairstamp.data.validate import (
     IdTracker,
     check_bias_type,
     check_distinct,
     optional_str,
-    require_list,
-    require_object,
     require_records,
     require_str,
     type_name,
@@ -33,7 +32,6 @@ logger = logging.getLogger(__name__)
 VALID_BIAS_TYPES = tuple(dict.fromkeys(STEREOSET_BIAS_TYPES + CROWS_BIAS_TYPES))
 REQUIRED = ("id", "source", "bias_type", "target", "stereo", "anti")
 OPTIONAL = ("unrelated", "paraphrases", "stereo_id", "anti_id", "unrelated_id", "meta")
-PARAPHRASE_ORIGINS = ("file", "rule")
 
 
 def load_bias_file(path: str | Path) -> list[BiasItem]:
@@ -70,15 +68,4 @@ def load_bias_file(path: str | Path) -> list[BiasItem]:
 def _paraphrases(obj: dict[str, Any], where: str) -> tuple[Paraphrase, ...]:
     if obj.get("paraphrases") is None:
         return ()
-    out = []
-    for k, pair in enumerate(require_list(obj, "paraphrases", where)):
-        pwhere = f"{where}: paraphrases[{k}]"
-        pair = require_object(pair, pwhere)
-        stereo, anti = require_str(pair, "stereo", pwhere), require_str(pair, "anti", pwhere)
-        check_distinct(stereo, anti, pwhere)
-        origin = optional_str(pair, "origin", pwhere) or "file"
-        if origin not in PARAPHRASE_ORIGINS:
-            raise DataError(f"{pwhere}: field 'origin' is {origin!r} "
-                            f"(valid: {', '.join(PARAPHRASE_ORIGINS)})")
-        out.append(Paraphrase(stereo, anti, origin=origin))
-    return tuple(out)
+    return tuple(parse_pairs(obj, where))

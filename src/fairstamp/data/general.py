@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairstamp.data.readers import display_name, iter_jsonl
+from fairstamp.data.readers import display_name, iter_jsonl, read_text
 from fairstamp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,14 +121,7 @@ def load_known_facts(path: str | Path) -> list[KnownFact]:
     """Facts of a known_1000-style file: a JSON array (ROME's layout) or JSON Lines."""
     p = Path(path)
     name = display_name(p)
-    if not p.exists():
-        raise DataError(f"{name}: no such file")
-    if p.is_dir():
-        raise DataError(f"{name}: is a folder, expected a file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{name}: not valid UTF-8 ({exc.reason})") from None
+    text = read_text(p)
     if text.lstrip().startswith("["):
         records = _iter_json_array(name, text)
     else:

@@ -53,6 +53,7 @@ from fairstamp.data.readers import iter_jsonl
 from fairstamp.data.validate import (
     IdTracker,
     check_distinct,
+    optional_str,
     require_list,
     require_object,
     require_str,
@@ -149,7 +150,7 @@ def load_paraphrase_file(path: str | Path) -> dict[str, list[Paraphrase]]:
         item_id = require_str(obj, "id", where)
         ids.add(item_id, where, f"line {number}")
         if "paraphrases" in obj:
-            pairs = _spec_record(obj, where)
+            pairs = parse_pairs(obj, where)
         elif "sent_more_para" in obj or "sent_less_para" in obj:
             pairs = _gpt_record(obj, where, dropped)
         else:
@@ -163,14 +164,22 @@ def load_paraphrase_file(path: str | Path) -> dict[str, list[Paraphrase]]:
     return mapping
 
 
-def _spec_record(obj: dict[str, Any], where: str) -> list[Paraphrase]:
+PARAPHRASE_ORIGINS = ("file", "rule")
+
+
+def parse_pairs(obj: dict[str, Any], where: str) -> list[Paraphrase]:
+    """The `paraphrases: [{"stereo", "anti", "origin"?}]` list of a SPEC §2 record, validated."""
     pairs = []
     for k, pair in enumerate(require_list(obj, "paraphrases", where)):
         pwhere = f"{where}: paraphrases[{k}]"
         pair = require_object(pair, pwhere)
         stereo, anti = require_str(pair, "stereo", pwhere), require_str(pair, "anti", pwhere)
         check_distinct(stereo, anti, pwhere)
-        pairs.append(Paraphrase(stereo, anti, origin="file"))
+        origin = optional_str(pair, "origin", pwhere) or "file"
+        if origin not in PARAPHRASE_ORIGINS:
+            raise DataError(f"{pwhere}: field 'origin' is {origin!r} "
+                            f"(valid: {', '.join(PARAPHRASE_ORIGINS)})")
+        pairs.append(Paraphrase(stereo, anti, origin=origin))
     return pairs
 
 

@@ -16,14 +16,28 @@ def display_name(path: str | Path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)
 
 
-def _open_lines(path: str | Path) -> tuple[str, IO[bytes]]:
-    if str(path) == "-":
-        return display_name(path), sys.stdin.buffer
-    p = Path(path)
+def _check_file(p: Path) -> None:
     if not p.exists():
         raise DataError(f"{p}: no such file")
     if p.is_dir():
         raise DataError(f"{p}: is a folder, expected a file")
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file (a BOM is dropped), with `file: problem` errors."""
+    p = Path(path)
+    _check_file(p)
+    try:
+        return p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not valid UTF-8 ({exc.reason})") from None
+
+
+def _open_lines(path: str | Path) -> tuple[str, IO[bytes]]:
+    if str(path) == "-":
+        return display_name(path), sys.stdin.buffer
+    p = Path(path)
+    _check_file(p)
     return str(p), open(p, "rb")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fairstamp.data.items import STEREOSET_BIAS_TYPES, BiasItem
-from fairstamp.data.readers import display_name
+from fairstamp.data.readers import display_name, read_text
 from fairstamp.data.validate import (
     IdTracker,
     check_bias_type,
@@ -132,14 +132,7 @@ def _parse_example(example: Any, at: str, name: str, item_ids: IdTracker,
 
 def _json_examples(file: Path, name: str) -> list[Any]:
     """The `data.intrasentence` list of a StereoSet JSON file (LF or CRLF)."""
-    if not file.exists():
-        raise DataError(f"{name}: no such file")
-    if file.is_dir():
-        raise DataError(f"{name}: is a folder, expected a file")
-    try:
-        text = file.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{name}: not valid UTF-8 ({exc.reason})") from None
+    text = read_text(file)
     if not text.strip():
         raise DataError(f"{name}: no records (the file is empty)")
     try:
