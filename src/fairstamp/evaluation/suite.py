@@ -66,8 +66,9 @@ class Evaluation:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def _record(data: dict, name: str, path: str | Path | None, n: int) -> None:
-    entry: dict[str, Any] = {"n": n, "path": str(path) if path else "built-in"}
+def _record(data: dict, name: str, path: str | Path | None, n: int,
+            unit: str = "records") -> None:
+    entry: dict[str, Any] = {"n": n, "unit": unit, "path": str(path) if path else "built-in"}
     entry["sha256"] = sha256_file(path) if path and Path(path).is_file() else "-"
     data[name] = entry
 
@@ -137,7 +138,7 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
             bias_items = attach_paraphrases(bias_items, mapping,
                                             rule_fallback=config.rule_paraphrases)
             _record(data, "paraphrases", para_path,
-                    sum(len(i.paraphrases) for i in bias_items))
+                    sum(len(i.paraphrases) for i in bias_items), unit="pairs")
     crows_items: list[BiasItem] = []
     if "crows" in parts:
         crows_types = None
@@ -230,7 +231,8 @@ def _general(scorer: Scorer, config: EvalConfig, root: Path | None, reference: d
     out: dict[str, Any] = {}
     wiki = _require(root, WIKITEXT2_TEST / gdata.WIKITEXT2_TEST_NAME, "WikiText-2 perplexity")
     text = gdata.load_wikitext2_test(wiki)
-    _record(data, "wikitext2_test", wiki, len(text))
+    _record(data, "wikitext2_test", wiki, _limit(config, "wikitext2") or 0,
+            unit="tokens at most (0: all)")
     window = min(gmetrics.DEFAULT_WINDOW, scorer.max_length or gmetrics.DEFAULT_WINDOW)
     stride = gmetrics.DEFAULT_STRIDE if window == gmetrics.DEFAULT_WINDOW else 3 * window // 4
     out["perplexity"] = gmetrics.perplexity(

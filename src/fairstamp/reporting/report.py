@@ -100,14 +100,18 @@ def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
     lines += ["## Provenance", "",
               f"- model: `{results['model']['name']}` ({results['model'].get('family', '')}), "
               f"source {results['model'].get('source', '')}",
-              "- data: " + ", ".join(f"{k} ({v['n']} records, sha256 {v['sha256'][:12]}…)"
-                                     for k, v in results.get("data", {}).items()),
+              "- data: " + ", ".join(_data_entry(k, v) for k, v in results.get("data", {}).items()),
               f"- time: {results['timing']['seconds']:.0f} s, peak memory "
               f"{results['timing']['peak_rss_mib']:.0f} MiB",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
               "- every number is in `metrics.json`; per-item predictions in `predictions.json`.",
               ""]
     return "\n".join(lines)
+
+
+def _data_entry(name: str, entry: Mapping[str, Any]) -> str:
+    unit = entry.get("unit", "records")
+    return f"{name} ({entry['n']} {unit}, sha256 {entry['sha256'][:12]}…)"
 
 
 def print_summary(results: Mapping[str, Any]) -> None:
