@@ -143,3 +143,11 @@ def test_general_suite_on_tiny_model(tmp_path, tiny_model_dir, capsys):
     code, _, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
                         "--general-limits", "boolq=many", "--out", str(tmp_path / "h")], capsys)
     assert code == 2 and "--general-limits" in err and not (tmp_path / "h").exists()
+
+
+def test_a_data_dir_that_does_not_exist_is_refused(tmp_path, tiny_model_dir, capsys):
+    code, _, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
+                        "--data-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "g")],
+                       capsys)
+    assert code == 2 and "typo: no such folder (--data-dir)" in err
+    assert not (tmp_path / "g").exists()

@@ -38,13 +38,15 @@ _CROWS_TYPE = {"race": "race-color"}
 
 def data_root(config: EvalConfig) -> Path | None:
     """The public data folder (../shared/data layout): option, $FAIRSTAMP_DATA, or a `shared/data`
-    beside the working directory's repository, if any of them exists."""
-    candidates = [config.data_dir, os.environ.get(DATA_ENV),
-                  Path.cwd().parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
+    beside the working directory's repository. A folder the user named must exist."""
+    named = ((config.data_dir, "--data-dir"), (os.environ.get(DATA_ENV), f"${DATA_ENV}"))
+    for given, what in named:
+        if given:
+            if not Path(given).is_dir():
+                raise DataError(f"{given}: no such folder ({what})")
+            return Path(given)
+    beside_repo = Path.cwd().parent / "shared" / "data"
+    return beside_repo if beside_repo.is_dir() else None
 
 
 def sha256_file(path: str | Path) -> str:
