@@ -181,10 +181,11 @@ class Scorer:
             start = max(1, cut + len(seq) - len(ids))
             if self.max_length is not None and len(seq) > self.max_length:
                 drop = len(seq) - self.max_length
-                if drop >= start:
+                keep = 1 if self.prefix_token_id is not None else 0  # the start token
+                if drop + keep >= start:
                     raise FairstampError(f"the continuation {cont!r} alone exceeds the model's "
                                          f"{self.max_length} positions")
-                seq = seq[:1] + seq[1 + drop :]
+                seq = seq[:keep] + seq[keep + drop :]
                 start -= drop
             sequences.append(seq)
             starts.append(start)
