@@ -182,7 +182,7 @@ class Scorer:
             if self.max_length is not None and len(seq) > self.max_length:
                 drop = len(seq) - self.max_length
                 keep = 1 if self.prefix_token_id is not None else 0  # the start token
-                if drop + keep >= start:
+                if drop >= start:  # nothing of the continuation would be scored
                     raise FairstampError(f"the continuation {cont!r} alone exceeds the model's "
                                          f"{self.max_length} positions")
                 seq = seq[:keep] + seq[keep + drop :]
