@@ -231,7 +231,7 @@ def write_array(path, records):
         ({"prompt": "  "}, r"k\.json:11: field 'prompt' is empty"),
         ({"known_id": "1"}, r"k\.json:11: field 'known_id' is a str, not an integer"),
         ({"known_id": 0}, r"k\.json:11: known_id 0 repeats line 2"),
-        ({"subject": 3}, r"k\.json:11: field 'subject' is a int, not a string"),
+        ({"subject": 3}, r"k\.json:11: field 'subject' is an int, not a string"),
     ],
 )
 def test_known_facts_errors_name_the_line_of_the_record(tmp_path, change, message):

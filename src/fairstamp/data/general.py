@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fairstamp.data.readers import display_name, iter_jsonl, read_text
+from fairstamp.data.validate import require_int, require_list, require_str, type_name
 from fairstamp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -179,12 +180,7 @@ def _iter_json_array(name: str, text: str):
 
 
 def _known_fact(name: str, number: int, obj: dict[str, Any]) -> KnownFact:
-    known_id = obj.get("known_id")
-    if known_id is None:
-        raise DataError(f"{name}:{number}: field 'known_id' is missing")
-    if isinstance(known_id, bool) or not isinstance(known_id, int):
-        raise DataError(f"{name}:{number}: field 'known_id' is a {type(known_id).__name__}, "
-                        "not an integer")
+    known_id = require_int(obj, "known_id", f"{name}:{number}")
     values = {f: _string(name, number, obj, f) for f in _FACT_REQUIRED}
     for f in _FACT_OPTIONAL:
         values[f] = _string(name, number, obj, f) if f in obj else ""
@@ -218,12 +214,7 @@ def load_multiple_choice(
             choices = _string_list(name, number, obj, "choices")
             prefixes = [query + (suffix or "")] * len(choices)
             continuations = [" " + c.strip() for c in choices]
-        gold = obj.get("gold")
-        if gold is None:
-            raise DataError(f"{name}:{number}: field 'gold' is missing")
-        if isinstance(gold, bool) or not isinstance(gold, int):
-            raise DataError(f"{name}:{number}: field 'gold' is a {type(gold).__name__}, "
-                            "not an integer")
+        gold = require_int(obj, "gold", f"{name}:{number}")
         if not 0 <= gold < len(continuations):
             raise DataError(f"{name}:{number}: gold {gold} is out of range for "
                             f"{len(continuations)} choices")
@@ -238,29 +229,17 @@ def load_multiple_choice(
 
 
 def _string(name: str, number: int, obj: dict[str, Any], field: str) -> str:
-    value = obj.get(field)
-    if value is None:
-        raise DataError(f"{name}:{number}: field '{field}' is missing")
-    if not isinstance(value, str):
-        raise DataError(f"{name}:{number}: field '{field}' is a {type(value).__name__}, "
-                        "not a string")
-    if not value.strip():
-        raise DataError(f"{name}:{number}: field '{field}' is empty")
-    return value
+    return require_str(obj, field, f"{name}:{number}")
 
 
 def _string_list(name: str, number: int, obj: dict[str, Any], field: str) -> list[str]:
-    value = obj.get(field)
-    if value is None:
-        raise DataError(f"{name}:{number}: field '{field}' is missing")
-    if not isinstance(value, list):
-        raise DataError(f"{name}:{number}: field '{field}' is a {type(value).__name__}, "
-                        "not a list")
+    where = f"{name}:{number}"
+    value = require_list(obj, field, where)
     if len(value) < 2:
-        raise DataError(f"{name}:{number}: field '{field}' has {len(value)} option(s); "
-                        "at least 2 are needed")
+        raise DataError(f"{where}: field '{field}' has {len(value)} option(s); at least 2 are "
+                        "needed")
     for i, v in enumerate(value):
         if not isinstance(v, str) or not v.strip():
-            what = "empty" if isinstance(v, str) else f"a {type(v).__name__}, not a string"
-            raise DataError(f"{name}:{number}: {field}[{i}] is {what}")
+            what = "empty" if isinstance(v, str) else f"{type_name(v)}, not a string"
+            raise DataError(f"{where}: {field}[{i}] is {what}")
     return value

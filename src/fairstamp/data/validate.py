@@ -37,6 +37,16 @@ def optional_str(obj: Mapping[str, Any], field: str, where: str) -> str | None:
     return None if obj.get(field) is None else require_str(obj, field, where)
 
 
+def require_int(obj: Mapping[str, Any], field: str, where: str) -> int:
+    """The value of a required integer field (a bool is not an integer here)."""
+    value = obj.get(field)
+    if value is None:
+        raise DataError(f"{where}: field '{field}' is missing")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{where}: field '{field}' is {type_name(value)}, not an integer")
+    return value
+
+
 def require_list(obj: Mapping[str, Any], field: str, where: str) -> list[Any]:
     value = obj.get(field)
     if value is None:
