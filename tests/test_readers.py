@@ -24,7 +24,7 @@ def test_jsonl_passes_extra_fields_through(tmp_path):
         ('{"text": "ok"}\n{"text": "ok", \n', r"s\.jsonl:2: invalid JSON"),
         ('{"text": "ok"}\n["a"]\n', r"s\.jsonl:2: expected a JSON object, got list"),
         ('{"text": "ok"}\n\n{"txt": "a"}\n', r"s\.jsonl:3: field 'text' is missing"),
-        ('{"text": 3}\n', r"s\.jsonl:1: field 'text' is a int, not a string"),
+        ('{"text": 3}\n', r"s\.jsonl:1: field 'text' is an int, not a string"),
         ('{"text": "  "}\n', r"s\.jsonl:1: field 'text' is empty"),
         ("", r"s\.jsonl: no sentences"),
         ("\n  \n", r"s\.jsonl: no sentences"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from fairstamp.data.validate import require_str
 from fairstamp.errors import DataError
 
 
@@ -111,11 +112,7 @@ def read_sentences(path: str | Path) -> list[SentenceRecord]:
             records.append(SentenceRecord(line.strip()))
             continue
         obj = parse_object(name, number, line)
-        text = obj.pop("text", None)
-        if not isinstance(text, str):
-            what = "missing" if text is None else f"a {type(text).__name__}, not a string"
-            raise DataError(f"{name}:{number}: field 'text' is {what}")
-        if not text.strip():
-            raise DataError(f"{name}:{number}: field 'text' is empty")
+        text = require_str(obj, "text", f"{name}:{number}")
+        del obj["text"]
         records.append(SentenceRecord(text, obj))
     return records
