@@ -7,7 +7,6 @@ baselines evaluate edited models through exactly the same path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.errors import DataError
 from fairstamp.evaluation.config import EvalConfig
 from fairstamp.scoring import Scorer
+from fairstamp.utils.io import sha256_file
 from fairstamp.utils.repro import library_versions
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,6 @@ def data_root(config: EvalConfig) -> Path | None:
             return Path(given)
     beside_repo = Path.cwd().parent / "shared" / "data"
     return beside_repo if beside_repo.is_dir() else None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -106,6 +98,7 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
     from fairstamp.data.retention import default_retention_path, load_retention
     from fairstamp.data.splits import split_by_target
     from fairstamp.data.stereoset import default_stereoset_path, load_stereoset
+    from fairstamp.data.validate import select
     from fairstamp.metrics import bias
 
     start = time.perf_counter()
@@ -121,11 +114,9 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
     bias_items: list[BiasItem] = []
     if parts & {"stereoset", "paraphrase", "held_out"}:
         if config.bias_file:
-            bias_items = load_bias_file(config.bias_file)
-            if config.bias_types:
-                bias_items = [i for i in bias_items if i.bias_type in config.bias_types]
-            if config.limit:
-                bias_items = bias_items[: config.limit]
+            types = frozenset(config.bias_types) if config.bias_types else None
+            bias_items = select(load_bias_file(config.bias_file), config.bias_file,
+                                bias_types=types, limit=config.limit)
             _record(data, "bias_file", config.bias_file, len(bias_items))
         else:
             bias_items = load_stereoset(config.stereoset_file, bias_types=config.bias_types,

@@ -8,7 +8,6 @@ is renamed into place, so concurrent or interrupted runs never leave a broken ca
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 import tempfile
@@ -22,7 +21,7 @@ from torch import nn
 from fairstamp.errors import FairstampError, ModelNotFoundError
 from fairstamp.models.aliases import ALIASES, ModelAlias
 from fairstamp.models.archspec import ArchSpec, arch_spec_for, arch_spec_for_model_type
-from fairstamp.utils.io import atomic_write_json, file_lock, staging_dir
+from fairstamp.utils.io import atomic_write_json, file_lock, sha256_file, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +74,6 @@ def cached_alias_info(alias: str, cache_dir: str | os.PathLike[str] | None = Non
     return json.loads(marker.read_text())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _strip_quantization(model: nn.Module) -> None:
     """Forget that the weights came from GGUF so that save_pretrained writes plain fp32 tensors."""
     model.hf_quantizer = None
@@ -127,7 +118,7 @@ def convert_alias(
                         "distribution": alias.distribution,
                         "package_version": version,
                         "gguf_file": alias.gguf_name,
-                        "gguf_sha256": _sha256(gguf),
+                        "gguf_sha256": sha256_file(gguf),
                         "upstream": alias.upstream,
                         "license": alias.license,
                         "transformers_version": transformers.__version__,
