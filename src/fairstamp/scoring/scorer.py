@@ -282,6 +282,18 @@ class Scorer:
         return out
 
 
+def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token given the ones before it, from one forward pass.
+
+    `logits` [batch, seq, vocab] and `input_ids` [batch, seq] give [batch, seq - 1] (float32):
+    entry t is log p(input_ids[:, t + 1] | input_ids[:, : t + 1]), computed as `Scorer` does.
+    Padding is the caller's to mask.
+    """
+    picked = logits[:, :-1].float()
+    targets = input_ids[:, 1:].to(picked.device).unsqueeze(-1)
+    return picked.gather(-1, targets).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+
+
 def _prefix_token(tokenizer: Any) -> tuple[int | None, str]:
     for kind in ("bos", "eos"):
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
