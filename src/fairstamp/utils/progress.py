@@ -9,7 +9,7 @@ from typing import Protocol
 
 
 class Advance(Protocol):
-    def __call__(self, n: int = 1) -> None: ...
+    def __call__(self, n: int = 1, *, status: str | None = None) -> None: ...
 
 
 def progress_enabled(requested: bool | None) -> bool:
@@ -21,9 +21,10 @@ def progress_enabled(requested: bool | None) -> bool:
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, enabled: bool | None = None) -> Iterator[Advance]:
-    """Yield an `advance(n)` callable; draws a bar (with rate and ETA) if enabled."""
+    """Yield an `advance(n, status=...)` callable; draws a bar (with ETA and the latest status
+    text, e.g. live loss terms) if enabled."""
     if not progress_enabled(enabled) or total <= 0:
-        yield lambda n=1: None
+        yield lambda n=1, status=None: None
         return
     from rich.console import Console
     from rich.progress import (
@@ -42,7 +43,14 @@ def progress_bar(total: int, description: str, enabled: bool | None = None) -> I
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, *, status: str | None = None) -> None:
+            if status is not None:
+                progress.update(task, status=status)
+            progress.advance(task, n)
+
+        yield advance

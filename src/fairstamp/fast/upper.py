@@ -1,0 +1,131 @@
+"""Run only the layers above a stamp, from cached hidden states, with logits only where needed.
+
+Training a stamp at layer l never changes what layers 0..l-1 compute (they are frozen and below
+the stamp), so their output, the hidden states entering layer l, is computed once per training
+sentence (`capture`) and fed back in every step (`logits`): the lower layers are swapped for
+pass-through modules for the duration of the call, and a pre-hook on layer l substitutes the cached
+states. The unembedding is applied only at the positions a loss reads (a pre-hook on the unembedding
+module selects them), which matters for models with large vocabularies. Works through the model's
+own forward, so masks, rotary embeddings and final norms stay the model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fairstamp.models.archspec import ArchSpec, get_module
+from fairstamp.utils.hooks import hidden_arg, hooks, replace_hidden_arg
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids with explicit positions (the Scorer's convention)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    lengths: list[int]
+
+    @classmethod
+    def of(cls, sequences: Sequence[Sequence[int]], pad_id: int,
+           device: torch.device | None = None) -> Batch:
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        positions = torch.arange(width).unsqueeze(0).expand(len(sequences), width).contiguous()
+        return cls(ids.to(device), mask.to(device), positions.to(device),
+                   [len(s) for s in sequences])
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a frozen lower layer: returns its hidden states input unchanged, in the
+    output structure the real layer uses (a tensor, or a tuple led by the hidden states)."""
+
+    def __init__(self, tuple_output: bool) -> None:
+        super().__init__()
+        self.tuple_output = tuple_output
+
+    def forward(self, *args, **kwargs):
+        h = hidden_arg(args, kwargs)
+        return (h,) if self.tuple_output else h
+
+
+class UpperForward:
+    """Forward passes that start at layer `layer`'s input. `layer=0` means the full model."""
+
+    def __init__(self, model: nn.Module, arch: ArchSpec, layer: int) -> None:
+        self.model, self.arch, self.layer = model, arch, layer
+        self._tuple_output: bool | None = None
+
+    def _call(self, batch: Batch):
+        return self.model(input_ids=batch.ids, attention_mask=batch.mask,
+                          position_ids=batch.positions, use_cache=False)
+
+    @torch.no_grad()
+    def capture(self, batch: Batch) -> torch.Tensor:
+        """The hidden states entering layer `layer` (one full forward, stopped early)."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(module, args, kwargs):
+            captured["h"] = hidden_arg(args, kwargs).detach()
+            raise _Stop
+
+        def shape(module, args, output):
+            self._tuple_output = isinstance(output, tuple)
+
+        first = self.arch.layer_path(0)
+        try:
+            with hooks(self.model, forward=[(first, shape)],
+                       pre=[(self.arch.layer_path(self.layer), grab)]):
+                self._call(batch)
+        except _Stop:
+            pass
+        return captured["h"]
+
+    def logits(self, batch: Batch, hidden: torch.Tensor | None, rows: torch.Tensor,
+               cols: torch.Tensor) -> torch.Tensor:
+        """Logits [N, vocab] at (rows[i], cols[i]); from the cached `hidden` (the output of
+        `capture` for this batch) when given, else by the full forward pass."""
+
+        def select(module, args, kwargs):
+            x = hidden_arg(args, kwargs)
+            return replace_hidden_arg(args, kwargs, x[rows, cols])
+
+        unembed = [(self.arch.unembed, select)]
+        if hidden is None or self.layer == 0:
+            with hooks(self.model, pre=unembed):
+                return self._call(batch).logits
+
+        def inject(module, args, kwargs):
+            return replace_hidden_arg(args, kwargs, hidden)
+
+        with self._lower_skipped(), hooks(
+            self.model, pre=[(self.arch.layer_path(self.layer), inject), *unembed]
+        ):
+            return self._call(batch).logits
+
+    @contextmanager
+    def _lower_skipped(self) -> Iterator[None]:
+        if self._tuple_output is None:
+            raise RuntimeError("capture() must run before logits() from cached states")
+        layers = get_module(self.model, self.arch.layers)
+        originals = [layers[i] for i in range(self.layer)]
+        try:
+            for i in range(self.layer):
+                layers[i] = _PassThrough(self._tuple_output)
+            yield
+        finally:
+            for i, module in enumerate(originals):
+                layers[i] = module
+
+
+class _Stop(Exception):
+    """Ends a capture forward pass once layer l's input is known."""
