@@ -39,6 +39,12 @@ class EvalConfig:
     reference: str | None = None
     data_dir: str | None = None
     general_limits: dict[str, int] = field(default_factory=dict)
+    # Ids of the bias items a stamp was trained on (from its run folder): then SS/PS are also
+    # reported on them ("edited"), and held-out SS is over targets with no edited item.
+    edited_ids: list[str] | None = None
+    # Ids of the retention items a stamp's L_s1 term saw: RS is also reported without them.
+    retention_trained_ids: list[str] | None = None
+    stamp: str | None = None  # the stamp folder attached during the evaluation, if any
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:

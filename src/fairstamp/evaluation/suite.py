@@ -90,8 +90,14 @@ def load_reference(reference: str | Path | None) -> dict[str, Any]:
 
 
 def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
-             max_batch_tokens: int | None = None) -> Evaluation:
-    """Run `config.suite` on an already-loaded model (`fairstamp.models.LoadedModel`)."""
+             max_batch_tokens: int | None = None,
+             reference_predictions: dict[str, Any] | None = None,
+             bias_items: list[BiasItem] | None = None) -> Evaluation:
+    """Run `config.suite` on an already-loaded model (`fairstamp.models.LoadedModel`).
+
+    `reference_predictions` (an earlier Evaluation's `predictions`, e.g. of the unedited model)
+    takes the place of `config.reference` for RS and known_1000 "kept". `bias_items`, already
+    loaded (e.g. by `fairstamp debias`), take the place of the StereoSet / bias-file items."""
     from fairstamp.data.bias_file import load_bias_file
     from fairstamp.data.crows import default_crows_path, load_crows_pairs
     from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
@@ -104,16 +110,20 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
     start = time.perf_counter()
     parts = set(config.parts)
     root = data_root(config)
-    reference = load_reference(config.reference)
+    reference = (reference_predictions if reference_predictions is not None
+                 else load_reference(config.reference))
     scorer = Scorer.from_loaded(loaded, progress=progress, max_batch_tokens=max_batch_tokens)
     data: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
     kw = {"n_resamples": config.n_resamples, "seed": config.seed}
 
-    bias_items: list[BiasItem] = []
+    given_items, bias_items = bias_items, []
     if parts & {"stereoset", "paraphrase", "held_out"}:
-        if config.bias_file:
+        if given_items is not None:
+            bias_items = list(given_items)
+            _record(data, "bias_items", None, len(bias_items))
+        elif config.bias_file:
             types = frozenset(config.bias_types) if config.bias_types else None
             bias_items = select(load_bias_file(config.bias_file), config.bias_file,
                                 bias_types=types, limit=config.limit)
@@ -175,9 +185,23 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
     if "paraphrase" in parts and any(i.paraphrases for i in bias_items):
         metrics["paraphrase"] = {
             "ps": bias.paraphrase_stereotype_score(bias_items, scores, **kw).to_dict()}
+    edited_ids = set(config.edited_ids or ())
+    if edited_ids and parts & {"stereoset", "paraphrase"}:
+        edited = [i for i in bias_items if i.id in edited_ids]
+        if not edited:
+            raise DataError("none of the stamp's edited items is in the evaluated bias set")
+        section = {"ss": bias.stereotype_score(edited, scores, **kw).to_dict(),
+                   "n_items": len(edited), "n_edited_ids": len(edited_ids)}
+        if "paraphrase" in parts and any(i.paraphrases for i in edited):
+            section["ps"] = bias.paraphrase_stereotype_score(edited, scores, **kw).to_dict()
+        metrics["edited"] = section
     if "held_out" in parts:
-        _, held_out = split_by_target(bias_items, held_out_fraction=config.held_out_fraction,
-                                      seed=config.seed)
+        if edited_ids:
+            touched = {(i.bias_type, i.target) for i in bias_items if i.id in edited_ids}
+            held_out = [i for i in bias_items if (i.bias_type, i.target) not in touched]
+        else:
+            _, held_out = split_by_target(bias_items, held_out_fraction=config.held_out_fraction,
+                                          seed=config.seed)
         if held_out:
             metrics["held_out"] = {
                 "ss": bias.stereotype_score(held_out, scores, **kw).to_dict(),
@@ -191,6 +215,11 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
         if reference.get("retention"):
             section["rs"] = bias.retention_score(retention_items, scores,
                                                  reference["retention"], **kw).to_dict()
+            trained = set(config.retention_trained_ids or ())
+            unseen = [i for i in retention_items if i.id not in trained]
+            if trained and unseen:
+                section["rs_unseen"] = bias.retention_score(unseen, scores,
+                                                            reference["retention"], **kw).to_dict()
         metrics["retention"] = section
     if "general" in parts:
         metrics["general"] = _general(scorer, config, root, reference, predictions, data)

@@ -7,6 +7,8 @@ from typing import Any
 
 # (section, metric key, label, ideal) in the order a reader wants them.
 METRIC_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("edited", "ss", "SS on the edited items", "50"),
+    ("edited", "ps", "PS on the edited items' paraphrases", "50"),
     ("stereoset", "ss", "SS (StereoSet, micro)", "50"),
     ("stereoset", "ss_macro", "SS (StereoSet, official per-target macro)", "50"),
     ("stereoset", "lms", "LMS (official)", "100"),
@@ -16,6 +18,7 @@ METRIC_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("crows", "crows", "CrowS-Pairs score", "50"),
     ("retention", "ds", "DS (retention set)", "higher"),
     ("retention", "rs", "RS (vs reference)", "100"),
+    ("retention", "rs_unseen", "RS on retention items never trained on", "100"),
 )
 
 
