@@ -17,6 +17,20 @@ _LAZY = {
     "ArchSpec": "fairstamp.models",
     "Scorer": "fairstamp.scoring",
     "SentenceScores": "fairstamp.scoring",
+    "load_stereoset": "fairstamp.data.stereoset",
+    "load_crows_pairs": "fairstamp.data.crows",
+    "load_bias_file": "fairstamp.data.bias_file",
+    "load_retention": "fairstamp.data.retention",
+    "split_by_target": "fairstamp.data.splits",
+    "trace_bias": "fairstamp.tracing",
+    "fit_stamp": "fairstamp.fast.train",
+    "FitConfig": "fairstamp.fast.train",
+    "training_text": "fairstamp.fast.data",
+    "debias": "fairstamp.fast.pipeline",
+    "DebiasConfig": "fairstamp.fast.pipeline",
+    "Stamp": "fairstamp.stamp",
+    "evaluate": "fairstamp.evaluation.suite",
+    "EvalConfig": "fairstamp.evaluation.config",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,13 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.cli.options import (
+    DEFAULT,
+    BatchTokensOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    ModelOpt,
+    split_list,
+)
 
 PathOpt = Optional[Path]  # noqa: UP045 - typer needs Optional on Python 3.10
-
-
-def _split(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def eval_command(
@@ -56,6 +59,9 @@ def eval_command(
     = None,
     export_stereoset_predictions: Annotated[PathOpt, typer.Option(
         help="Also write StereoSet predictions in the official format to this file.")] = None,
+    stamp: Annotated[PathOpt, typer.Option(
+        help="Evaluate the model with this stamp attached (a `fairstamp debias` run or stamp "
+        "folder); its edited items are then reported apart from the held-out targets.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing run folder / export.")] = False,
     batch_tokens: BatchTokensOpt = None,
@@ -77,19 +83,26 @@ def eval_command(
             raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
     try:
         config = EvalConfig(
-            model=model, suite=suite, bias_types=_split(bias_types), limit=limit,
+            model=model, suite=suite, bias_types=split_list(bias_types), limit=limit,
             reduction=reduction, seed=seed, n_resamples=bootstrap,
             stereoset_file=_str(stereoset_file), crows_file=_str(crows_file),
             bias_file=_str(bias_file), retention_file=_str(retention_file),
             paraphrase_file=_str(paraphrase_file), rule_paraphrases=rule_paraphrases,
             reference=_str(reference), data_dir=_str(data_dir),
-            general_limits=_limits(general_limits))
+            general_limits=parse_limits(general_limits))
     except ValueError as exc:
         raise FairstampError(str(exc)) from None
     if export_stereoset_predictions is not None and "stereoset" not in config.parts:
         raise FairstampError(f"--export-stereoset-predictions needs a suite with StereoSet "
                              f"(not {suite!r})")
     loaded = load(model, cache_dir=cache_dir, device=device)
+    if stamp is not None:
+        from fairstamp.fast.pipeline import read_edited_ids
+        from fairstamp.stamp import Stamp
+
+        Stamp.from_pretrained(stamp, loaded)
+        config.edited_ids, config.retention_trained_ids = read_edited_ids(stamp)
+        config.stamp = str(stamp)
     evaluation = evaluate(loaded, config, max_batch_tokens=batch_tokens)
     items = evaluation.items["stereoset"]
     if export_stereoset_predictions is not None and not all(
@@ -106,13 +119,13 @@ def eval_command(
     typer.echo(f"report: {out / 'report.md'}", err=True)
 
 
-def _limits(value: str | None) -> dict[str, int]:
+def parse_limits(value: str | None) -> dict[str, int]:
     """`boolq=500,wikitext2=0` → {"boolq": 500, "wikitext2": 0}."""
     from fairstamp.errors import FairstampError
     from fairstamp.metrics.general import DEFAULT_LIMITS
 
     out: dict[str, int] = {}
-    for part in _split(value) or []:
+    for part in split_list(value) or []:
         name, _, number = part.partition("=")
         if name not in DEFAULT_LIMITS or not number.isdigit():
             raise FairstampError(f"--general-limits: expected NAME=N with NAME in "

@@ -30,3 +30,8 @@ BatchTokensOpt = Annotated[
     typer.Option("--batch-tokens", min=16,
                  help="Padded tokens per forward pass (default: what fits 512 MiB of logits)."),
 ]
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """`"gender, race"` → ["gender", "race"]; None or empty → None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None

@@ -8,13 +8,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.cli.options import (
+    DEFAULT,
+    BatchTokensOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    ModelOpt,
+    split_list,
+)
 
 SPLITS = ("edit", "held_out", "all")
-
-
-def _split_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def trace_command(
@@ -64,17 +67,17 @@ def trace_command(
         raise FairstampError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if reduction not in ("mean", "sum"):
         raise FairstampError(f"--reduction must be 'mean' or 'sum', got {reduction!r}")
-    items = select_items(data, _split_list(bias_types), split=split,
+    items = select_items(data, split_list(bias_types), split=split,
                          held_out_fraction=held_out_fraction, seed=seed, limit=limit)
     loaded = load(model, cache_dir=cache_dir, device=device)
     start = time.perf_counter()
-    result = trace_bias(loaded, items, components=_split_list(components) or [],
+    result = trace_bias(loaded, items, components=split_list(components) or [],
                         window=window, samples=samples, noise_scale=noise_scale, seed=seed,
                         reduction=reduction, heatmap_items=heatmap_items,  # type: ignore[arg-type]
                         max_batch_tokens=batch_tokens)
     seconds = time.perf_counter() - start
     record = _record(result, loaded, items, seconds=seconds,
-                     selection={"data": data, "bias_types": _split_list(bias_types),
+                     selection={"data": data, "bias_types": split_list(bias_types),
                                 "limit": limit, "split": split,
                                 "held_out_fraction": held_out_fraction, "seed": seed})
     write_trace(record, result, out, overwrite=overwrite)
@@ -85,20 +88,11 @@ def trace_command(
 def select_items(data: str, bias_types: list[str] | None, *, split: str,
                  held_out_fraction: float, seed: int, limit: int | None) -> list[Any]:
     """Load the items, keep one side of the target split, then the first `limit`."""
-    from fairstamp.data.bias_file import load_bias_file
-    from fairstamp.data.crows import load_crows_pairs
+    from fairstamp.data.bias_sets import load_bias_set
     from fairstamp.data.splits import split_by_target
-    from fairstamp.data.stereoset import load_stereoset
     from fairstamp.errors import FairstampError
 
-    if data == "stereoset" or data.endswith(".json"):
-        items = load_stereoset(None if data == "stereoset" else data, bias_types=bias_types)
-    elif data == "crows" or data.endswith(".csv"):
-        items = load_crows_pairs(None if data == "crows" else data, bias_types=bias_types)
-    else:
-        items = load_bias_file(data)
-        if bias_types:
-            items = [item for item in items if item.bias_type in bias_types]
+    items = load_bias_set(data, bias_types)
     if split != "all":
         edit, held_out = split_by_target(items, held_out_fraction=held_out_fraction, seed=seed)
         items = edit if split == "edit" else held_out

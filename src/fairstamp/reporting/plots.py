@@ -123,3 +123,80 @@ def lms_vs_ss(points: Mapping[str, Mapping[str, Mapping[str, float]]], path: Pat
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+_COMPONENT_COLORS = {"mlp": "#1f77b4", "attn": "#d62728", "resid": "#2ca02c"}
+_COMPONENT_NAMES = {"mlp": "MLP", "attn": "attention", "resid": "residual stream"}
+
+
+def layer_profiles(profiles: Mapping[str, Sequence[float | None]], path: Path, *, title: str,
+                   highlight: int | None = None) -> Path:
+    """Effect per layer, one line per traced component (`profiles[component][layer]`), with the
+    decisive layer marked."""
+    plt = _pyplot()
+    n_layers = max((len(v) for v in profiles.values()), default=0)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.22 * n_layers + 2.5), 3.6))
+    for component, values in profiles.items():
+        ys = [float("nan") if v is None else v for v in values]
+        ax.plot(range(len(ys)), ys, marker="o", markersize=3, linewidth=1.4,
+                color=_COMPONENT_COLORS.get(component, "#7f7f7f"),
+                label=_COMPONENT_NAMES.get(component, component))
+    if highlight is not None:
+        ax.axvline(highlight, color="black", linestyle=":", linewidth=1,
+                   label=f"decisive layer ({highlight})")
+    ax.axhline(0, color="#999999", linewidth=0.6)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of the gap restored")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def layer_position_heatmap(effects: Sequence[Sequence[float | None]], tokens: Sequence[str],
+                           path: Path, *, title: str, corrupted: Sequence[int] = ()) -> Path:
+    """Layer (y) × token position (x) heat-map of restoration effects; corrupted tokens are marked
+    with `*`."""
+    import numpy as np
+
+    plt = _pyplot()
+    grid = np.array([[np.nan if v is None else v for v in row] for row in effects], dtype=float)
+    n_layers, n_positions = grid.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * n_positions + 1.8),
+                                    max(3.0, 0.16 * n_layers + 1.5)))
+    bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r",
+                      vmin=-max(bound, 1e-9), vmax=max(bound, 1e-9), interpolation="nearest")
+    marked = set(corrupted)
+    labels = [f"{t.strip() or repr(t)}*" if i in marked else (t.strip() or repr(t))
+              for i, t in enumerate(tokens)]
+    ax.set_xticks(range(n_positions), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of the gap restored")
+    return _save(fig, path)
+
+
+def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title: str) -> Path:
+    """Stamp training: the edited items' SS (left axis, ideal 50) and the loss terms (right axis,
+    log scale) at every check."""
+    plt = _pyplot()
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(steps, [h["ss"] for h in history], color="black", marker="o", markersize=3,
+            label="SS of the edited items")
+    ax.axhline(50, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("SS (%)")
+    right = ax.twinx()
+    for key, color in (("l_e_all", "#d62728"), ("l_s1", "#1f77b4"), ("l_s2", "#2ca02c")):
+        values = [max(h.get(key, 0.0), 1e-8) for h in history]
+        right.plot(steps, values, color=color, linewidth=1.2,
+                   label={"l_e_all": "L_e (all edited)", "l_s1": "L_s1 (batch)",
+                          "l_s2": "L_s2 (batch)"}[key])
+    right.set_yscale("log")
+    right.set_ylabel("loss")
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -201,6 +201,6 @@ def write_stamp_files(folder: Path, stamp: Stamp) -> None:
     from safetensors.torch import save
 
     atomic_write_json(folder / CONFIG_NAME, stamp.config.to_dict())
-    atomic_write_bytes(folder / WEIGHTS_NAME,
-                       save(stamp.state_dict(), metadata={"format": "pt",
-                                                          "fairstamp": __version__}))
+    # One metadata key only: safetensors writes metadata in hash-map order, which varies between
+    # runs, and identical stamps must give identical bytes (the version is in the config).
+    atomic_write_bytes(folder / WEIGHTS_NAME, save(stamp.state_dict(), metadata={"format": "pt"}))

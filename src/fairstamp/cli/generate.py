@@ -1,0 +1,55 @@
+"""`fairstamp generate`: what a stamp does to text — the same prompt, without and with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fairstamp.cli.options import DEFAULT, CacheDirOpt, DeviceOpt, ModelOpt
+
+
+def generate_command(
+    prompts: Annotated[list[str], typer.Argument(help="One or more prompts.")],
+    model: ModelOpt = DEFAULT,
+    stamp: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="A stamp folder (from `fairstamp debias`); without it, the model alone.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 30,
+    sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample (with --seed) "
+                                         "instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature.")] = 0.8,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Continue each prompt with the model, and with the stamp attached when --stamp is given,
+    side by side. Greedy by default, so the difference is the stamp's alone."""
+    from rich.table import Table
+
+    from fairstamp.models import load
+    from fairstamp.reporting.text import console
+    from fairstamp.stamp import Stamp, disabled
+    from fairstamp.stamp.generation import continue_text
+
+    loaded = load(model, cache_dir=cache_dir, device=device)
+    attached = Stamp.from_pretrained(stamp, loaded) if stamp is not None else None
+    table = Table(title=f"{loaded.name}" + (f" with the stamp from {stamp}" if stamp else ""),
+                  show_lines=True)
+    table.add_column("prompt")
+    table.add_column("original model")
+    if attached is not None:
+        table.add_column(f"stamped (layer {attached.layer})")
+    options = dict(max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
+                   seed=seed)
+    for prompt in prompts:
+        with disabled(loaded.model, loaded.arch):
+            row = [prompt, continue_text(loaded, prompt, **options)]
+        if attached is not None:
+            row.append(continue_text(loaded, prompt, **options))
+        table.add_row(*row)
+    console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)

@@ -1,0 +1,123 @@
+"""What a stamp is trained on, besides the bias items themselves [ours; docs/fast.md].
+
+- **Framings** of each edited pair: the same (stereo, anti) sentences behind a short lead-in, so the
+  stamp cannot key on a sentence's first tokens and absolute positions. They are deliberately
+  different from the rule paraphraser's framings and never use the evaluation paraphrases (PS is
+  measured on the GPT paraphrases, which no training path reads).
+- **Neutral sentences that mention the edited groups** (part of L_s1): templates that name each
+  edited target without any attribute, so the stamp keeps the groups themselves intact.
+- **Retention items** (part of L_s1): a fixed, hash-chosen half of the project's retention set;
+  the other half is never trained on, and RS is reported on it separately.
+- **Generic text** (L_s2): sentences from WikiText-2 *valid* (the perplexity metric reads *test*).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from fairstamp.data.items import BiasItem, RetentionItem
+from fairstamp.errors import DataError
+
+#: Lead-ins put before an edited pair's sentences (never the rule paraphraser's framings).
+FRAMINGS = (
+    "My neighbour mentioned this: ",
+    "Quote from a conversation: ",
+    "Notes from yesterday. ",
+    "As written in the letter: ",
+)
+
+#: Neutral sentences naming a target, with no attribute about it.
+NEUTRAL_TEMPLATES = (
+    "This sentence mentions {target}.",
+    "The next word is {target}.",
+    "We wrote the word \"{target}\" on the board.",
+    "Here is a sentence about {target}.",
+    "The topic of the talk was {target}.",
+    "The article used the term {target} twice.",
+)
+
+WIKITEXT2_VALID = Path("wikitext2") / "pytorch_examples" / "valid.txt"
+
+
+def framed_pairs(items: Sequence[BiasItem], n_framings: int) -> list[tuple[str, str, str]]:
+    """(stereo, anti, item id) of each item as is, then behind its first `n_framings` framings."""
+    if not 0 <= n_framings <= len(FRAMINGS):
+        raise ValueError(f"n_framings must be in [0, {len(FRAMINGS)}]")
+    out = [(i.stereo, i.anti, i.id) for i in items]
+    for framing in FRAMINGS[:n_framings]:
+        out.extend((framing + i.stereo, framing + i.anti, i.id) for i in items)
+    return out
+
+
+def neutral_sentences(targets: Iterable[str]) -> list[str]:
+    """Every template filled with every distinct target, in a fixed order."""
+    distinct = list(dict.fromkeys(t.strip() for t in targets if t.strip()))
+    return [template.format(target=t) for t in distinct for template in NEUTRAL_TEMPLATES]
+
+
+def _half(key: str, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
+    return digest[0] < 128
+
+
+def split_retention(items: Sequence[RetentionItem], *, seed: int = 0
+                    ) -> tuple[list[RetentionItem], list[RetentionItem]]:
+    """(trained on, never trained on): a stable half of the items by a hash of seed and id."""
+    trained = [i for i in items if _half(i.id, seed)]
+    unseen = [i for i in items if not _half(i.id, seed)]
+    return trained, unseen
+
+
+_DETOKENIZE = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "), (" ; ", "; "),
+               (" : ", ": "), (" 's", "'s"), (" ( ", " ("), (" ) ", ") "), (" n't", "n't")]
+
+
+def generic_sentences(path: str | Path, n: int, *, seed: int = 0, min_words: int = 6,
+                      max_words: int = 25) -> list[str]:
+    """`n` sentences of WikiText-2 valid text (headings and sentences with <unk> dropped),
+    chosen with `seed`, lightly detokenised."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing (generic text for the stamp's L_s2 term)")
+    sentences = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        for sentence in re.split(r"(?<= \.) ", line):
+            words = sentence.split()
+            if "<unk>" in sentence or not min_words <= len(words) <= max_words:
+                continue
+            text = " " + sentence.strip() + " "
+            for old, new in _DETOKENIZE:
+                text = text.replace(old, new)
+            sentences.append(text.strip().replace(" .", "."))
+    if len(sentences) < n:
+        raise DataError(f"{path}: only {len(sentences)} usable sentences, {n} requested")
+    return random.Random(seed).sample(sentences, n)
+
+
+def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
+                  data_dir: str | Path | None = None, n_generic: int = 200
+                  ) -> tuple[list[str], list[str], list[RetentionItem]]:
+    """The stamp's retention text: (retention sentences for L_s1, generic sentences for L_s2, the
+    retention items they came from). `data_dir` is the public data folder (default:
+    $FAIRSTAMP_DATA or ../shared/data)."""
+    from fairstamp.data.retention import load_retention
+    from fairstamp.evaluation.config import EvalConfig
+    from fairstamp.evaluation.suite import data_root
+
+    retention = load_retention()
+    if bias_types:
+        retention = [r for r in retention if r.bias_type in bias_types] or retention
+    trained, _ = split_retention(retention, seed=seed)
+    root = data_root(EvalConfig(model="-", data_dir=str(data_dir) if data_dir else None))
+    if root is None:
+        raise DataError("the stamp's generic text (WikiText-2 valid) needs the public data "
+                        "folder: pass data_dir / --data-dir or set $FAIRSTAMP_DATA")
+    generic = generic_sentences(root / WIKITEXT2_VALID, n_generic, seed=seed)
+    return [s for r in trained for s in (r.true, r.false)], generic, trained

@@ -1,0 +1,221 @@
+"""FAST end to end: load the items, locate the decisive layer, evaluate, train the stamp, evaluate
+again, and write everything to one run folder (what `fairstamp debias` does).
+
+Run folder layout (written atomically; also a stamp folder that `--stamp` accepts):
+
+    stamp_config.json, stamp.safetensors   the stamp
+    edited_items.json                      ids (and bias type, target) of the items trained on
+    retention_trained.json                 ids of the retention items the L_s1 term saw
+    trace.json                             the bias trace that chose the layer (if traced)
+    before/, after/                        metrics.json + predictions.json of each evaluation
+    metrics.json                           configuration, fit summary, before and after
+    report.md, plots/                      before/after table and charts
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairstamp import __version__
+from fairstamp.data.items import BiasItem
+from fairstamp.errors import DataError, FairstampError
+from fairstamp.evaluation.config import EvalConfig
+from fairstamp.evaluation.suite import Evaluation, data_root, evaluate
+from fairstamp.fast.train import FitConfig, FitResult, fit_stamp
+from fairstamp.utils.io import atomic_write_json, atomic_write_text, staging_dir
+from fairstamp.utils.repro import library_versions, seed_everything
+
+log = logging.getLogger(__name__)
+
+#: How the decisive layer is picked from the MLP trace profile (docs/fast.md has the sweep).
+LAYER_RULES = ("argmax", "argmax-after-first")
+DEFAULT_LAYER_RULE = "argmax-after-first"
+EDITED_ITEMS = "edited_items.json"
+RETENTION_TRAINED = "retention_trained.json"
+
+
+@dataclass
+class DebiasConfig:
+    """Options of `fairstamp debias` (recorded in its metrics.json)."""
+
+    model: str
+    data: str = "stereoset"  # as `load_bias_set`; CrowS-Pairs needs allow_crows_training
+    bias_types: list[str] | None = None
+    limit: int | None = None
+    held_out_fraction: float = 0.2
+    seed: int = 0
+    layer: int | None = None
+    layer_rule: str = DEFAULT_LAYER_RULE
+    trace_items: int = 40
+    trace_samples: int = 5
+    n_generic: int = 200
+    suite: str = "all"
+    general_limits: dict[str, int] = field(default_factory=dict)
+    n_resamples: int = 1000
+    data_dir: str | None = None
+    allow_crows_training: bool = False
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    def __post_init__(self) -> None:
+        if self.layer_rule not in LAYER_RULES:
+            raise FairstampError(f"unknown layer rule {self.layer_rule!r}; choose from "
+                                 f"{', '.join(LAYER_RULES)}")
+        if (self.data == "crows" or self.data.endswith(".csv")) and not self.allow_crows_training:
+            raise FairstampError(
+                "CrowS-Pairs' data statement asks that it not be used to train models; pass "
+                "--allow-crows-training to edit on it anyway (the report records it)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DebiasResult:
+    config: DebiasConfig
+    fit: FitResult
+    layer: int
+    edited: list[BiasItem]
+    retention_trained: list[str]
+    before: Evaluation
+    after: Evaluation
+    trace: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stamp(self):
+        return self.fit.stamp
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "fairstamp_version": __version__,
+            "kind": "debias",
+            "model": self.before.metrics["model"],
+            "config": self.config.to_dict(),
+            "layer": self.layer,
+            "layer_source": "given" if self.config.layer is not None else
+            f"trace ({self.config.layer_rule})",
+            "stamp": {"width": self.stamp.config.width,
+                      "parameters": self.stamp.num_parameters(),
+                      "reads": self.stamp.config.reads,
+                      "fingerprint": self.stamp.config.fingerprint},
+            "fit": self.fit.summary(),
+            "history": self.fit.history,
+            "n_edited": len(self.edited),
+            "crows_training": any(i.source == "crows_pairs" for i in self.edited),
+            "before": self.before.metrics,
+            "after": self.after.metrics,
+            "timing": self.seconds,
+            "versions": library_versions(),
+        }
+
+
+def pick_layer(trace: Any, rule: str) -> int:
+    return trace.decisive_layer("mlp", exclude_first=rule == "argmax-after-first")
+
+
+def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
+           max_batch_tokens: int | None = None) -> DebiasResult:
+    """The whole FAST job on a loaded model; the stamp stays attached to it afterwards."""
+    from fairstamp.data.bias_sets import load_bias_set
+    from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
+    from fairstamp.data.splits import split_by_target
+    from fairstamp.evaluation.suite import GPT_PARAPHRASES
+    from fairstamp.fast.data import training_text
+
+    seed_everything(config.seed)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    root = data_root(EvalConfig(model=config.model, data_dir=config.data_dir))
+    if root is None:
+        raise DataError("fairstamp debias needs the public data folder (WikiText-2, paraphrases): "
+                        "pass --data-dir or set $FAIRSTAMP_DATA")
+    items = load_bias_set(config.data, config.bias_types, config.limit)
+    paraphrases = (load_paraphrase_file(root / GPT_PARAPHRASES)
+                   if (root / GPT_PARAPHRASES).is_file() else {})
+    items = attach_paraphrases(items, paraphrases, rule_fallback=True)
+    edit, held_out = split_by_target(items, held_out_fraction=config.held_out_fraction,
+                                     seed=config.seed)
+    if not edit:
+        raise DataError("no items on the edit side of the split; lower --held-out-fraction")
+    log.info("%d bias items: %d to edit, %d on held-out targets", len(items), len(edit),
+             len(held_out))
+
+    trace = None
+    layer = config.layer
+    if layer is None:
+        from fairstamp.tracing import trace_bias
+
+        trace = trace_bias(loaded, edit[: config.trace_items], components=("mlp",),
+                           samples=config.trace_samples, seed=config.seed, heatmap_items=0,
+                           progress=progress)
+        layer = pick_layer(trace, config.layer_rule)
+        log.info("decisive layer %d (%s; top MLP layers %s)", layer, config.layer_rule,
+                 trace.ranked_layers("mlp")[:5])
+    seconds["trace"] = time.perf_counter() - clock
+
+    retention_text, generic, trained_retention = training_text(
+        config.bias_types, seed=config.seed, data_dir=root, n_generic=config.n_generic)
+    eval_config = EvalConfig(
+        model=config.model, suite=config.suite, bias_types=config.bias_types,
+        seed=config.seed, n_resamples=config.n_resamples,
+        held_out_fraction=config.held_out_fraction, data_dir=str(root),
+        general_limits=dict(config.general_limits), edited_ids=[i.id for i in edit],
+        retention_trained_ids=[r.id for r in trained_retention])
+    clock = time.perf_counter()
+    before = evaluate(loaded, eval_config, progress=progress, bias_items=items,
+                      max_batch_tokens=max_batch_tokens)
+    seconds["evaluate_before"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    fit = fit_stamp(loaded, edit, layer, retention_sentences=retention_text,
+                    generic_sentences=generic, config=config.fit, progress=progress)
+    seconds["fit"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    after = evaluate(loaded, eval_config, progress=progress, bias_items=items,
+                     reference_predictions=before.predictions, max_batch_tokens=max_batch_tokens)
+    seconds["evaluate_after"] = time.perf_counter() - clock
+    return DebiasResult(config=config, fit=fit, layer=layer, edited=edit,
+                        retention_trained=[r.id for r in trained_retention], before=before,
+                        after=after, trace=trace, seconds=seconds)
+
+
+def write_debias_run(result: DebiasResult, out: str | Path, *, overwrite: bool = False) -> Path:
+    """The run folder (layout in the module docstring), all or nothing."""
+    from fairstamp.reporting.before_after import before_after_plots, before_after_report
+    from fairstamp.stamp.artefact import write_stamp_files
+
+    out = Path(out)
+    metrics = result.metrics()
+    with staging_dir(out, overwrite=overwrite) as stage:
+        write_stamp_files(stage, result.stamp)
+        atomic_write_json(stage / EDITED_ITEMS, [
+            {"id": i.id, "bias_type": i.bias_type, "target": i.target} for i in result.edited])
+        atomic_write_json(stage / RETENTION_TRAINED, result.retention_trained)
+        if result.trace is not None:
+            atomic_write_json(stage / "trace.json", result.trace.to_dict())
+        for name, evaluation in (("before", result.before), ("after", result.after)):
+            atomic_write_json(stage / name / "metrics.json", evaluation.metrics)
+            atomic_write_json(stage / name / "predictions.json", evaluation.predictions)
+        atomic_write_json(stage / "metrics.json", metrics)
+        plots = before_after_plots(metrics, stage / "plots", trace=result.trace)
+        atomic_write_text(stage / "report.md", before_after_report(metrics, plots))
+    log.info("wrote %s", out)
+    return out
+
+
+def read_edited_ids(folder: str | Path) -> tuple[list[str] | None, list[str] | None]:
+    """(edited item ids, retention ids trained on) recorded in a debias run / stamp folder."""
+    import json
+
+    folder = Path(folder)
+    edited = retention = None
+    if (folder / EDITED_ITEMS).is_file():
+        edited = [e["id"] for e in json.loads((folder / EDITED_ITEMS).read_text())]
+    if (folder / RETENTION_TRAINED).is_file():
+        retention = list(json.loads((folder / RETENTION_TRAINED).read_text()))
+    return edited, retention

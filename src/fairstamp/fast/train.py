@@ -1,0 +1,367 @@
+"""Training a fairness stamp: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3), with the stamp's weight decay.
+
+- L_e (bias): mean over the edited pairs of |score(stereo) − score(anti)|, each score the sentence's
+  per-token mean log-probability exactly as the Scorer computes it (so the batch SS watched for
+  early stopping is the SS that `eval` reports on these items).
+- L_s1 (knowledge of the same groups) and L_s2 (general text): KL(original ‖ stamped) of the
+  next-token distributions at every position. The original distributions never change, so they are
+  computed once; each keeps its `kl_top_k` most likely tokens plus one bucket for the rest (the KL
+  of that coarsened distribution, a lower bound of the full KL that equals it when the rest is
+  negligible), which makes them small enough to hold for thousands of positions.
+- The layers below the stamp are frozen and untouched by it: their output is computed once per
+  training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
+
+Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps the
+SS and L_e of all edited pairs are measured, and training stops when SS is within `ss_tolerance` of
+50 and L_e has stopped falling (or at `max_steps`). A non-finite loss stops training with
+`TrainingDiverged`; the stamp is detached and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fairstamp.data.items import BiasItem
+from fairstamp.errors import FairstampError
+from fairstamp.fast.upper import Batch, UpperForward
+from fairstamp.scoring import Scorer
+from fairstamp.stamp.artefact import Stamp, new_stamp
+from fairstamp.stamp.module import detach, disabled
+from fairstamp.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FairstampError):
+    """The loss became NaN or infinite; no stamp was kept."""
+
+
+@dataclass
+class FitConfig:
+    """Knobs of stamp training (recorded in stamp_config.json). Defaults: docs/fast.md."""
+
+    width: int = 256
+    activation: str = "gelu"
+    reads: str = "mlp_output"
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    alpha: float = 1.0
+    beta: float = 1.0
+    max_steps: int = 200
+    min_steps: int = 20
+    batch_pairs: int = 32
+    batch_kl: int = 16
+    check_every: int = 10
+    ss_tolerance: float = 1.0
+    flat_tolerance: float = 0.05
+    framings: int = 2
+    kl_top_k: int = 64
+    reuse_lower: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """A trained (attached) stamp and how training went."""
+
+    stamp: Stamp
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    stopped: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {"steps": self.steps, "seconds": round(self.seconds, 2),
+                "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
+                "final": last}
+
+
+@dataclass
+class _Sentences:
+    """Token ids of training sentences and, with `reuse_lower`, the cached layer-l inputs."""
+
+    ids: list[list[int]]
+    hidden: list[torch.Tensor] | None = None
+
+
+def fit_stamp(
+    loaded: Any,
+    items: Sequence[BiasItem],
+    layer: int,
+    *,
+    retention_sentences: Sequence[str] = (),
+    generic_sentences: Sequence[str] = (),
+    config: FitConfig | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train one stamp at `layer` on `items` (batch editing); it stays attached to the model.
+
+    Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
+    must preserve: that is sequential editing by stacking.
+    """
+    from fairstamp.fast.data import framed_pairs, neutral_sentences
+
+    config = config or FitConfig()
+    if not items:
+        raise FairstampError("no bias items to edit")
+    setup_start = time.perf_counter()
+    model, arch = loaded.model, loaded.arch
+    scorer = Scorer.from_loaded(loaded)
+    device = next(model.parameters()).device
+    upper = UpperForward(model, arch, layer)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    pairs = framed_pairs(items, config.framings)
+    pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
+    n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
+    group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
+    kl_texts = [*group_texts, *generic_sentences]
+    kl_is_generic = torch.tensor([False] * len(group_texts) + [True] * len(generic_sentences))
+    for ids in [*(s for p in pair_ids for s in p)]:
+        if len(ids) < 2:
+            raise FairstampError("a bias sentence has no tokens to score")
+    pair_sents = _Sentences([s for p in pair_ids for s in p])  # 2i: stereo, 2i+1: anti
+    kl_sents = _Sentences([scorer.encode(t) for t in kl_texts])
+    if config.reuse_lower:
+        for sents in (pair_sents, kl_sents):
+            sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device)
+    targets = _kl_targets(upper, kl_sents, config.kl_top_k, scorer.pad_token_id, device)
+
+    stamp = new_stamp(loaded, layer, width=config.width, activation=config.activation,
+                      reads=config.reads, seed=config.seed, training=config.to_dict())
+    params = list(stamp.module.parameters())
+    try:
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    except ValueError as exc:
+        raise FairstampError(f"stamp training settings: {exc}") from None
+    stamp.attach_to(loaded)
+    for p in params:
+        p.requires_grad_(True)
+    result = FitResult(stamp=stamp, setup_seconds=time.perf_counter() - setup_start)
+    log.info("training a width-%d stamp at layer %d on %d items (%d pairs with framings), %d "
+             "retention/group and %d generic sentences", config.width, layer, len(items),
+             len(pairs), len(group_texts), len(generic_sentences))
+
+    pair_order = _Cycler(len(pairs), generator)
+    kl_order = _Cycler(len(kl_texts), generator) if kl_texts else None
+    start = time.perf_counter()
+    le_history: list[float] = []
+    try:
+        with progress_bar(config.max_steps, f"stamp @ layer {layer}", progress) as advance:
+            for step in range(1, config.max_steps + 1):
+                chosen = pair_order.take(config.batch_pairs)
+                kl_chosen = kl_order.take(config.batch_kl) if kl_order else []
+                loss, terms = _loss(upper, pair_sents, kl_sents, chosen, kl_chosen, targets,
+                                    kl_is_generic, config, scorer.pad_token_id, device)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
+                        f"--lr or the loss weights. No stamp was kept.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                result.steps = step
+                status = None
+                if step % config.check_every == 0 or step == config.max_steps:
+                    ss, le = _edited_ss(upper, pair_sents, n_plain, scorer.pad_token_id, device)
+                    record = {"step": step, "ss": ss, "l_e_all": le, **terms,
+                              "seconds": time.perf_counter() - start}
+                    result.history.append(record)
+                    le_history.append(le)
+                    status = (f"SS {ss:.1f}  L_e {terms['l_e']:.3f}  L_s1 {terms['l_s1']:.4f}  "
+                              f"L_s2 {terms['l_s2']:.4f}")
+                    log.debug("step %d: %s", step, status)
+                    if step >= config.min_steps and _should_stop(ss, le_history, config):
+                        result.stopped = "converged"
+                        advance(config.max_steps - step + 1, status=status)
+                        break
+                advance(status=status)
+            else:
+                result.stopped = "max_steps"
+    except BaseException:
+        detach(model, arch, stamp.module)
+        raise
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    result.seconds = time.perf_counter() - start
+    stamp.module.eval()
+    stamp.config.training = {**config.to_dict(), **result.summary()}
+    log.info("stamp trained: %d steps in %.1f s (%s)", result.steps, result.seconds,
+             result.stopped)
+    return result
+
+
+def _should_stop(ss: float, le_history: list[float], config: FitConfig) -> bool:
+    if abs(ss - 50.0) > config.ss_tolerance or len(le_history) < 2:
+        return False
+    previous, current = le_history[-2], le_history[-1]
+    return previous - current <= config.flat_tolerance * max(previous, 1e-12)
+
+
+class _Cycler:
+    """Indices in seeded random order, epoch after epoch."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator, self.queue = n, generator, []
+
+    def take(self, k: int) -> list[int]:
+        k = min(k, self.n)
+        while len(self.queue) < k:
+            self.queue.extend(torch.randperm(self.n, generator=self.generator).tolist())
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _capture(upper: UpperForward, ids: list[list[int]], pad: int, device,
+             chunk: int = 64) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for rows in _chunks(len(ids), chunk):
+        batch = Batch.of([ids[i] for i in rows], pad, device)
+        hidden = upper.capture(batch)
+        out.extend(hidden[r, : batch.lengths[r]].clone() for r in range(len(rows)))
+    return out
+
+
+def _stack(hidden: list[torch.Tensor] | None, chosen: Sequence[int], width: int):
+    if hidden is None:
+        return None
+    first = hidden[chosen[0]]
+    out = first.new_zeros((len(chosen), width, first.shape[-1]))
+    for row, i in enumerate(chosen):
+        out[row, : hidden[i].shape[0]] = hidden[i]
+    return out
+
+
+def _positions(lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, targets' column) of every position that predicts a scored token."""
+    rows = torch.cat([torch.full((n - 1,), r) for r, n in enumerate(lengths)])
+    cols = torch.cat([torch.arange(0, n - 1) for n in lengths])
+    return rows, cols, cols + 1
+
+
+def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen, pad, device):
+    """Log-probs of every scored token of the chosen sentences, with the row of each, plus the
+    full log-softmax rows (for KL)."""
+    seqs = [ids[i] for i in chosen]
+    batch = Batch.of(seqs, pad, device)
+    rows, cols, nxt = _positions(batch.lengths)
+    logits = upper.logits(batch, _stack(hidden, chosen, batch.ids.shape[1]),
+                          rows.to(device), cols.to(device)).float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    token = logprobs.gather(1, batch.ids[rows.to(device), nxt.to(device)].unsqueeze(1)).squeeze(1)
+    return token, rows.to(device), logprobs
+
+
+def _sentence_means(token: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    sums = torch.zeros(n, dtype=token.dtype, device=token.device).index_add(0, rows, token)
+    counts = torch.bincount(rows, minlength=n).to(token.dtype)
+    return sums / counts
+
+
+@torch.no_grad()
+def _kl_targets(upper, sents: _Sentences, k: int, pad, device, chunk: int = 32):
+    """Top-k log-probs of the original model at every KL position, plus the rest's log-mass."""
+    if not sents.ids:
+        return None
+    idx, lp, rest = [], [], []
+    for rows in _chunks(len(sents.ids), chunk):
+        _, _, logprobs = _token_logprobs(upper, sents.ids, sents.hidden, list(rows), pad, device)
+        top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        idx.append(top.indices)
+        lp.append(top.values)
+        rest.append(_log_rest(top.values))
+    return {"idx": torch.cat(idx), "lp": torch.cat(lp), "rest": torch.cat(rest),
+            "offsets": _offsets(sents.ids)}
+
+
+def _offsets(ids: list[list[int]]) -> list[int]:
+    out, total = [], 0
+    for seq in ids:
+        out.append(total)
+        total += len(seq) - 1
+    return out
+
+
+def _log_rest(top_logprobs: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(top)), clamped away from log 0."""
+    mass = torch.logsumexp(top_logprobs, dim=-1).clamp(max=-1e-6)
+    return torch.log(-torch.expm1(mass))
+
+
+def _target_rows(targets, chosen: Sequence[int], ids: list[list[int]]):
+    """Gather the cached top-k targets of the chosen sentences' positions."""
+    picks = torch.cat([torch.arange(targets["offsets"][i], targets["offsets"][i] + len(ids[i]) - 1)
+                       for i in chosen])
+    return targets["idx"][picks], targets["lp"][picks], targets["rest"][picks]
+
+
+def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
+        rest: torch.Tensor) -> torch.Tensor:
+    """KL(original ‖ stamped) per position over the top-k tokens plus the rest bucket."""
+    q = logprobs.gather(1, idx)
+    q_rest = _log_rest(q)
+    p = lp.exp()
+    return (p * (lp - q)).sum(-1) + rest.exp() * (rest - q_rest)
+
+
+def _loss(upper, pairs: _Sentences, kl_sents: _Sentences, chosen, kl_chosen, targets,
+          kl_is_generic, config: FitConfig, pad, device):
+    sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
+    token, rows, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
+    means = _sentence_means(token, rows, len(sent_rows))
+    l_e = (means[0::2] - means[1::2]).abs().mean()
+    zero = l_e.new_zeros(())
+    l_s1, l_s2 = zero, zero
+    if kl_chosen:
+        _, krows, logprobs = _token_logprobs(upper, kl_sents.ids, kl_sents.hidden, kl_chosen,
+                                             pad, device)
+        idx, lp, rest = _target_rows(targets, kl_chosen, kl_sents.ids)
+        per_position = _kl(logprobs, idx.to(device), lp.to(device), rest.to(device))
+        generic = kl_is_generic[kl_chosen].to(device)[krows]
+        if (~generic).any():
+            l_s1 = per_position[~generic].mean()
+        if generic.any():
+            l_s2 = per_position[generic].mean()
+    loss = l_e + config.alpha * l_s1 + config.beta * l_s2
+    terms = {"loss": float(loss.detach()), "l_e": float(l_e.detach()),
+             "l_s1": float(l_s1.detach()), "l_s2": float(l_s2.detach())}
+    return loss, terms
+
+
+@torch.no_grad()
+def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
+               chunk: int = 64) -> tuple[float, float]:
+    """SS (%) and mean |gap| of the edited items themselves (no framings), as evaluated."""
+    gaps = []
+    for rows in _chunks(n_items, chunk):
+        sent_rows = [j for i in rows for j in (2 * i, 2 * i + 1)]
+        token, r, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
+        means = _sentence_means(token, r, len(sent_rows))
+        gaps.append((means[0::2] - means[1::2]).double().cpu())
+    gap = torch.cat(gaps).numpy()
+    return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
+
+
+def original_model(loaded: Any):
+    """Context manager: the model without any stamp (for 'before' numbers)."""
+    return disabled(loaded.model, loaded.arch)
+
+
+__all__ = ["FitConfig", "FitResult", "TrainingDiverged", "fit_stamp", "original_model"]

@@ -1,0 +1,160 @@
+"""Before/after tables, report and plots of a `fairstamp debias` run (its metrics.json)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fairstamp.reporting.report import METRIC_ROWS, flat, fmt
+
+
+def _value(mv: Mapping[str, Any] | None) -> float | None:
+    return None if mv is None else mv.get("value")
+
+
+def _general_values(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping | None, str]]:
+    general = metrics.get("general") or {}
+    known = general.get("known_1000") or {}
+    rows = [("WikiText-2 perplexity", general.get("perplexity"), "lower"),
+            ("known_1000 top-1 accuracy (%)", known.get("accuracy"), "higher"),
+            ("known_1000 top-1 kept (%)", known.get("kept"), "100")]
+    for task, result in (general.get("downstream") or {}).items():
+        rows.append((f"{task} accuracy (%)", result.get("acc"), "higher"))
+    return rows
+
+
+def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(metric, ideal, before, after, change) for every overall number present in either run."""
+    before, after = metrics["before"]["metrics"], metrics["after"]["metrics"]
+    rows = []
+    for section, key, label, ideal in METRIC_ROWS:
+        b = (before.get(section) or {}).get(key)
+        a = (after.get(section) or {}).get(key)
+        if not (a or b):
+            continue
+        b_mv, a_mv = (b or {}).get("overall"), (a or {}).get("overall")
+        rows.append((label, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv)))
+    for (label, b_mv, ideal), (_, a_mv, _) in zip(_general_values(before),
+                                                   _general_values(after)):
+        if b_mv is None and a_mv is None:
+            continue
+        digits = 2 if "perplexity" in label else 1
+        rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
+                     _delta(b_mv, a_mv, digits, relative="perplexity" in label)))
+    return rows
+
+
+def _delta(b: Mapping | None, a: Mapping | None, digits: int = 1, relative: bool = False) -> str:
+    bv, av = _value(b), _value(a)
+    if bv is None or av is None:
+        return "–"
+    text = f"{av - bv:+.{digits}f}"
+    if relative and bv:
+        text += f" ({100 * (av - bv) / bv:+.1f}%)"
+    return text
+
+
+def per_type_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, bias type, before, after) for the bias metrics, per bias type."""
+    before, after = metrics["before"]["metrics"], metrics["after"]["metrics"]
+    rows = []
+    for section, key, label, _ in METRIC_ROWS:
+        b = (before.get(section) or {}).get(key)
+        a = (after.get(section) or {}).get(key)
+        if not (a and b):
+            continue
+        for bias_type in (a.get("by_type") or {}):
+            rows.append((label, bias_type, fmt(b["by_type"].get(bias_type)),
+                         fmt(a["by_type"].get(bias_type))))
+    return rows
+
+
+def before_after_plots(metrics: Mapping[str, Any], folder: Path,
+                       trace: Any = None) -> dict[str, str]:
+    """Before/after bars of the bias metrics, the training curve and the layer profile."""
+    from fairstamp.reporting import plots as P
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = metrics["model"]["name"]
+    before, after = metrics["before"]["metrics"], metrics["after"]["metrics"]
+    out: dict[str, str] = {}
+    for section, key, label, file in (("edited", "ss", "SS on the edited items", "edited_ss"),
+                                      ("edited", "ps", "PS on their paraphrases", "edited_ps"),
+                                      ("held_out", "ss", "SS on held-out targets", "held_out_ss"),
+                                      ("stereoset", "lms", "LMS (official)", "lms")):
+        b = (before.get(section) or {}).get(key)
+        a = (after.get(section) or {}).get(key)
+        if not (a and b):
+            continue
+        P.bars_with_ideal({"before": flat(b), "after": flat(a)}, folder / f"{file}.png",
+                          title=f"{label} — {name}", ylabel="%",
+                          ideal=100.0 if key == "lms" else 50.0)
+        out[f"{label}, before and after"] = f"plots/{file}.png"
+    history = metrics.get("history") or []
+    if history:
+        P.training_curve(history, folder / "training.png",
+                         title=f"Stamp training at layer {metrics['layer']} — {name}")
+        out["Training: edited items' SS and loss terms"] = "plots/training.png"
+    if trace is not None:
+        P.layer_profiles({c: list(v) for c, v in trace.average.items()},
+                         folder / "layer_profile.png", highlight=metrics["layer"],
+                         title=f"Bias causal trace (mean restored share of the gap) — {name}")
+        out["Bias causal trace: effect per layer"] = "plots/layer_profile.png"
+    return out
+
+
+def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
+    config, fit = metrics["config"], metrics["fit"]
+    lines = [
+        f"# fairstamp debias: `{metrics['model']['name']}`",
+        "",
+        f"Data `{config['data']}`, bias types {', '.join(config['bias_types'] or ['all'])}, "
+        f"seed {config['seed']}. {metrics['n_edited']} items edited with one stamp (width "
+        f"{metrics['stamp']['width']}, {metrics['stamp']['parameters']:,} parameters) after the "
+        f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); {fit['steps']} "
+        f"training steps in {fit['seconds']:.0f} s (+{fit['setup_seconds']:.0f} s setup), stopped: "
+        f"{fit['stopped']}.",
+        "",
+        "Values are % with bootstrap 95% CIs, before → after the stamp; sentence score = "
+        f"per-token {metrics['before']['config']['reduction']} log-probability.",
+        "",
+    ]
+    if metrics.get("crows_training"):
+        lines += ["**Edited on CrowS-Pairs** (explicit opt-in): its data statement asks that it "
+                  "not be used to train models.", ""]
+    lines += ["## Before and after", "", "| metric | ideal | before | after | change |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in comparison_rows(metrics)]
+    per_type = per_type_rows(metrics)
+    if per_type:
+        lines += ["", "## Per bias type", "", "| metric | bias type | before | after |",
+                  "|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in per_type]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{name}]({file})" for name, file in plots.items()]
+    timing = metrics.get("timing", {})
+    lines += ["", "## Provenance", "",
+              "- time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()),
+              "- training settings: " + ", ".join(f"{k}={v}" for k, v in config["fit"].items()),
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in metrics["versions"].items()),
+              "- the stamp: `stamp_config.json` + `stamp.safetensors` (load with "
+              "`fairstamp eval --stamp` / `fairstamp generate --stamp` or "
+              "`Stamp.from_pretrained`); the edited items: `edited_items.json`; every number: "
+              "`metrics.json`, `before/`, `after/`.", ""]
+    return "\n".join(lines)
+
+
+def print_before_after(metrics: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    from fairstamp.reporting.text import console
+
+    table = Table(title=f"FAST on {metrics['model']['name']}: layer {metrics['layer']}, "
+                  f"{metrics['n_edited']} items edited")
+    for column in ("metric", "ideal", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in comparison_rows(metrics):
+        table.add_row(*row)
+    console().print(table)

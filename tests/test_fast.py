@@ -1,0 +1,207 @@
+"""Stamp training and the FAST pipeline: reproducibility, the NaN guard, reuse of the frozen lower
+layers, sequential editing, and the `debias` / `eval --stamp` / `generate` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_DATA, build_tiny_model
+from fairstamp.cli.main import main
+from fairstamp.errors import FairstampError
+from fairstamp.data.stereoset import load_stereoset
+from fairstamp.fast.data import framed_pairs, generic_sentences, neutral_sentences
+from fairstamp.fast.train import FitConfig, TrainingDiverged, fit_stamp
+from fairstamp.models.archspec import arch_spec_for
+from fairstamp.models.loader import LoadedModel
+from fairstamp.scoring import Scorer
+from fairstamp.stamp import WEIGHTS_NAME, disabled, stamps_of
+from test_stamp import logits
+
+GENERIC = SHARED_DATA / "wikitext2" / "pytorch_examples" / "valid.txt"
+
+
+@pytest.fixture(scope="module")
+def items():
+    return load_stereoset(bias_types=["gender"], limit=12)
+
+
+def tiny(tokenizer, arch: str = "llama") -> LoadedModel:
+    model = build_tiny_model(arch)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch_spec_for(model),
+                       name=f"tiny-{arch}", source="local", path="-")
+
+
+def fit(tokenizer, items, arch="llama", **overrides):
+    loaded = tiny(tokenizer, arch)
+    config = FitConfig(**{"width": 16, "max_steps": 6, "check_every": 3, "batch_pairs": 8,
+                          "batch_kl": 4, "framings": 1, "lr": 1e-2, "min_steps": 100,
+                          **overrides})
+    result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
+                       generic_sentences=generic_sentences(GENERIC, 6), config=config,
+                       progress=False)
+    return loaded, result
+
+
+def mean_abs_gap(loaded, items) -> float:
+    scores = Scorer.from_loaded(loaded).score([s for i in items for s in (i.stereo, i.anti)]).mean
+    return float(np.mean(np.abs(scores[0::2] - scores[1::2])))
+
+
+def test_same_seed_gives_identical_stamp_bytes(tiny_tokenizer, items, tmp_path):
+    blobs = []
+    for run, seed in enumerate((0, 0, 1)):
+        _, result = fit(tiny_tokenizer, items, seed=seed)
+        result.stamp.save_pretrained(tmp_path / str(run))
+        blobs.append((tmp_path / str(run) / WEIGHTS_NAME).read_bytes())
+    assert blobs[0] == blobs[1]
+    assert blobs[0] != blobs[2]
+
+
+def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
+    loaded = tiny(tiny_tokenizer)
+    before = mean_abs_gap(loaded, items)
+    loaded, result = fit(tiny_tokenizer, items, max_steps=30, check_every=10)
+    after = mean_abs_gap(loaded, items)
+    assert after < 0.5 * before
+    assert [h["step"] for h in result.history] == [10, 20, 30]
+    assert result.history[-1]["l_e_all"] == pytest.approx(after, abs=1e-5)
+    assert result.stopped == "max_steps"
+    assert result.stamp.config.training["steps"] == 30
+
+
+def test_early_stopping_when_ss_is_balanced_and_le_is_flat(tiny_tokenizer, items):
+    _, result = fit(tiny_tokenizer, items, max_steps=200, check_every=5, min_steps=5,
+                    ss_tolerance=50.0, flat_tolerance=1.0)
+    assert result.stopped == "converged" and result.steps == 10
+
+
+def test_reusing_the_lower_layers_gives_the_same_stamp(tiny_tokenizer, items):
+    _, cached = fit(tiny_tokenizer, items, reuse_lower=True)
+    _, full = fit(tiny_tokenizer, items, reuse_lower=False)
+    a, b = cached.stamp.state_dict(), full.stamp.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not torch.equal(a["down.weight"], torch.zeros_like(a["down.weight"]))
+
+
+def test_invalid_settings_attach_nothing(tiny_tokenizer, items):
+    loaded = tiny(tiny_tokenizer)
+    with pytest.raises(FairstampError, match="learning rate"):
+        fit_stamp(loaded, items, 1, config=FitConfig(lr=-1.0), progress=False)
+    assert stamps_of(loaded.model, loaded.arch) == []
+
+
+def test_nan_loss_stops_training_and_keeps_nothing(tiny_tokenizer, items):
+    loaded = tiny(tiny_tokenizer)
+    before = logits(loaded.model)
+    with pytest.raises(TrainingDiverged, match="No stamp was kept"):
+        fit_stamp(loaded, items, 1, generic_sentences=generic_sentences(GENERIC, 4),
+                  config=FitConfig(width=8, lr=1e30, max_steps=5, batch_pairs=4,
+                                   batch_kl=2), progress=False)
+    assert stamps_of(loaded.model, loaded.arch) == []
+    assert torch.equal(logits(loaded.model), before)
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_sequential_editing_stacks_a_second_stamp(tiny_tokenizer, items):
+    loaded, first = fit(tiny_tokenizer, items[:6])
+    after_first = logits(loaded.model)
+    second = fit_stamp(loaded, items[6:], 1, generic_sentences=generic_sentences(GENERIC, 4),
+                       config=FitConfig(width=8, max_steps=4, batch_pairs=4, batch_kl=2,
+                                        lr=1e-2), progress=False)
+    assert [s for _, s in stamps_of(loaded.model, loaded.arch)] == [first.stamp.module,
+                                                                    second.stamp.module]
+    assert not torch.allclose(logits(loaded.model), after_first)
+    with disabled(loaded.model, loaded.arch, [second.stamp.module]):
+        assert torch.equal(logits(loaded.model), after_first)
+
+
+def test_training_data_helpers(items):
+    pairs = framed_pairs(items[:2], 2)
+    assert len(pairs) == 6 and pairs[0] == (items[0].stereo, items[0].anti, items[0].id)
+    assert pairs[2][0].endswith(items[0].stereo) and pairs[2][0] != items[0].stereo
+    neutral = neutral_sentences(["mother", "mother", "Ethiopian"])
+    assert len(neutral) == 12 and "mother" in neutral[0]
+    generic = generic_sentences(GENERIC, 20, seed=3)
+    assert generic == generic_sentences(GENERIC, 20, seed=3) != generic_sentences(GENERIC, 20)
+    assert all("<unk>" not in s and " , " not in s for s in generic)
+
+
+def run_cli(args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--data-dir", SHARED_DATA]
+    assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "30",
+                    "--trace-items", "2", "--suite", "biascope", "--max-steps", "4",
+                    "--width", "8", "--bootstrap", "10", "--out", out]) == 0
+    for name in ("stamp_config.json", "stamp.safetensors", "edited_items.json", "trace.json",
+                 "metrics.json", "report.md", "before/metrics.json", "after/predictions.json",
+                 "plots/edited_ss.png", "plots/training.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    edited = json.loads((out / "edited_items.json").read_text())
+    assert metrics["n_edited"] == len(edited) > 0
+    assert metrics["after"]["metrics"]["edited"]["n_items"] == len(edited)
+    assert "rs" in metrics["after"]["metrics"]["retention"]
+    assert metrics["layer_source"].startswith("trace")
+    assert "SS on the edited items" in capsys.readouterr().out
+
+    assert run_cli(["debias", *common, "--limit", "30", "--out", out]) == 2  # exists
+
+    evaluated = tmp_path / "eval"
+    assert run_cli(["eval", *common, "--stamp", out, "--suite", "biascope", "--bias-types",
+                    "gender", "--limit", "30", "--bootstrap", "10", "--reference",
+                    out / "before", "--out", evaluated]) == 0
+    after = json.loads((out / "after" / "metrics.json").read_text())["metrics"]
+    again = json.loads((evaluated / "metrics.json").read_text())
+    assert again["config"]["stamp"] == str(out)
+    assert again["metrics"]["edited"]["ss"]["overall"] == after["edited"]["ss"]["overall"]
+    assert again["metrics"]["retention"]["rs"]["overall"] == after["retention"]["rs"]["overall"]
+
+    assert run_cli(["generate", "--model", tiny_model_dir, "--stamp", out, "--max-new-tokens",
+                    "3", "The mother"]) == 0
+    assert "stamped (layer" in capsys.readouterr().out
+
+
+def test_a_stamp_is_refused_on_another_model(tiny_model_dir, tmp_path, tiny_tokenizer, capsys):
+    other = tmp_path / "other"
+    build_tiny_model("llama", seed=5).save_pretrained(other)
+    tiny_tokenizer.save_pretrained(other)
+    loaded = tiny(tiny_tokenizer)
+    from fairstamp.stamp import new_stamp
+
+    new_stamp(loaded, 0, width=4).save_pretrained(tmp_path / "stamp")
+    code = run_cli(["generate", "--model", other, "--stamp", tmp_path / "stamp", "Hello"])
+    assert code == 2
+    assert "different weights" in capsys.readouterr().err
+
+
+def test_crows_editing_needs_the_opt_in(tiny_model_dir, tmp_path, capsys):
+    code = run_cli(["debias", "--model", tiny_model_dir, "--data", "crows", "--layer", "0",
+                    "--out", tmp_path / "x"])
+    assert code == 2
+    assert "--allow-crows-training" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_debias_on_smollm2_moves_the_edited_items_toward_50(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["debias", "--model", "smollm2-135m", "--data-dir", SHARED_DATA,
+                    "--bias-types", "gender", "--limit", "80", "--layer", "7",
+                    "--suite", "biascope", "--max-steps", "40", "--bootstrap", "50",
+                    "--out", out]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    before = metrics["before"]["metrics"]["edited"]["ss"]["overall"]["value"]
+    after = metrics["after"]["metrics"]["edited"]["ss"]["overall"]["value"]
+    rs = metrics["after"]["metrics"]["retention"]["rs"]["overall"]["value"]
+    assert abs(after - 50) < abs(before - 50)
+    assert rs >= 95
