@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHS, build_tiny_model
 
+from conftest import ARCHS, build_tiny_model
 from fairstamp.errors import FairstampError
 from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.models.archspec import arch_spec_for, get_module
