@@ -66,13 +66,22 @@ def test_same_seed_gives_identical_stamp_bytes(tiny_tokenizer, items, tmp_path):
 def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
     loaded = tiny(tiny_tokenizer)
     before = mean_abs_gap(loaded, items)
-    loaded, result = fit(tiny_tokenizer, items, max_steps=30, check_every=10)
+    loaded, result = fit(tiny_tokenizer, items, max_steps=30, check_every=10, keep_best=False)
     after = mean_abs_gap(loaded, items)
     assert after < 0.5 * before
     assert [h["step"] for h in result.history] == [10, 20, 30]
     assert result.history[-1]["l_e_all"] == pytest.approx(after, abs=1e-5)
     assert result.stopped == "max_steps"
     assert result.stamp.config.training["steps"] == 30
+
+
+def test_the_best_check_is_kept(tiny_tokenizer, items):
+    loaded, result = fit(tiny_tokenizer, items, max_steps=12, check_every=2, lr=0.2)
+    kept = result.summary()["final"]
+    assert kept["step"] == result.best_step
+    best = min(result.history, key=lambda h: (max(abs(h["ss"] - 50) - 1.0, 0.0), h["l_e_all"]))
+    assert best["step"] == result.best_step
+    assert mean_abs_gap(loaded, items) == pytest.approx(kept["l_e_all"], abs=1e-5)
 
 
 def test_early_stopping_when_ss_is_balanced_and_le_is_flat(tiny_tokenizer, items):
@@ -196,7 +205,7 @@ def test_crows_editing_needs_the_opt_in(tiny_model_dir, tmp_path, capsys):
 def test_debias_on_smollm2_moves_the_edited_items_toward_50(tmp_path):
     out = tmp_path / "run"
     assert run_cli(["debias", "--model", "smollm2-135m", "--data-dir", SHARED_DATA,
-                    "--bias-types", "gender", "--limit", "80", "--layer", "7",
+                    "--bias-types", "gender", "--limit", "40", "--layer", "7",
                     "--suite", "biascope", "--max-steps", "40", "--bootstrap", "50",
                     "--out", out]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

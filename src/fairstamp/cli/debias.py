@@ -19,8 +19,9 @@ def debias_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (also the "
                                       "stamp folder that --stamp accepts).")],
     model: ModelOpt = DEFAULT,
-    data: Annotated[str, typer.Option(help="stereoset | crows | a bias JSONL file (SPEC §2).")]
-    = "stereoset",
+    data: Annotated[str, typer.Option(
+        help="stereoset | crows | a file: SPEC §2 bias JSONL, StereoSet .json or CrowS-Pairs "
+        ".csv.")] = "stereoset",
     bias_types: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Comma-separated bias types to edit, e.g. gender,race,religion.")] = "gender",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N bias items.")]  # noqa: UP045

@@ -13,7 +13,9 @@
 
 Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps the
 SS and L_e of all edited pairs are measured, and training stops when SS is within `ss_tolerance` of
-50 and L_e has stopped falling (or at `max_steps`). A non-finite loss stops training with
+50 and L_e has stopped falling (or at `max_steps`). With `keep_best` the stamp of the check with SS
+closest to 50 (within `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts
+signs, so it wanders while |gap| shrinks. A non-finite loss stops training with
 `TrainingDiverged`; the stamp is detached and nothing is written.
 """
 
@@ -63,6 +65,7 @@ class FitConfig:
     flat_tolerance: float = 0.05
     framings: int = 2
     kl_top_k: int = 64
+    keep_best: bool = True
     reuse_lower: bool = True
     seed: int = 0
 
@@ -80,12 +83,14 @@ class FitResult:
     seconds: float = 0.0
     setup_seconds: float = 0.0
     stopped: str = ""
+    best_step: int = 0
 
     def summary(self) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
+        kept = next((h for h in self.history if h["step"] == self.best_step),
+                    self.history[-1] if self.history else {})
         return {"steps": self.steps, "seconds": round(self.seconds, 2),
                 "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
-                "final": last}
+                "kept_step": self.best_step, "final": kept}
 
 
 @dataclass
@@ -158,6 +163,7 @@ def fit_stamp(
     kl_order = _Cycler(len(kl_texts), generator) if kl_texts else None
     start = time.perf_counter()
     le_history: list[float] = []
+    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
     try:
         with progress_bar(config.max_steps, f"stamp @ layer {layer}", progress) as advance:
             for step in range(1, config.max_steps + 1):
@@ -180,6 +186,10 @@ def fit_stamp(
                               "seconds": time.perf_counter() - start}
                     result.history.append(record)
                     le_history.append(le)
+                    key = (max(abs(ss - 50.0) - config.ss_tolerance, 0.0), le)
+                    if best is None or key < best[0]:
+                        best = (key, step, {k: v.detach().clone()
+                                            for k, v in stamp.module.state_dict().items()})
                     status = (f"SS {ss:.1f}  L_e {terms['l_e']:.3f}  L_s1 {terms['l_s1']:.4f}  "
                               f"L_s2 {terms['l_s2']:.4f}")
                     log.debug("step %d: %s", step, status)
@@ -190,6 +200,9 @@ def fit_stamp(
                 advance(status=status)
             else:
                 result.stopped = "max_steps"
+        if config.keep_best and best is not None and best[1] != result.steps:
+            stamp.module.load_state_dict(best[2])
+        result.best_step = best[1] if config.keep_best and best is not None else result.steps
     except BaseException:
         detach(model, arch, stamp.module)
         raise
