@@ -11,8 +11,8 @@ import torch
 
 from conftest import SHARED_DATA, build_tiny_model
 from fairstamp.cli.main import main
-from fairstamp.errors import FairstampError
 from fairstamp.data.stereoset import load_stereoset
+from fairstamp.errors import FairstampError
 from fairstamp.fast.data import framed_pairs, generic_sentences, neutral_sentences
 from fairstamp.fast.train import FitConfig, TrainingDiverged, fit_stamp
 from fairstamp.models.archspec import arch_spec_for
@@ -205,7 +205,7 @@ def test_crows_editing_needs_the_opt_in(tiny_model_dir, tmp_path, capsys):
 def test_debias_on_smollm2_moves_the_edited_items_toward_50(tmp_path):
     out = tmp_path / "run"
     assert run_cli(["debias", "--model", "smollm2-135m", "--data-dir", SHARED_DATA,
-                    "--bias-types", "gender", "--limit", "40", "--layer", "7",
+                    "--bias-types", "gender", "--limit", "40", "--layer", "20",
                     "--suite", "biascope", "--max-steps", "40", "--bootstrap", "50",
                     "--out", out]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

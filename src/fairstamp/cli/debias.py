@@ -13,6 +13,7 @@ from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOp
 QUICK_GENERAL_LIMITS = {"wikitext2": 4096, "known_1000": 200, "boolq": 50, "copa": 50,
                         "winogrande": 50, "piqa": 50, "arc_easy": 50}
 QUICK_TRACE_ITEMS = 12
+QUICK_MAX_STEPS = 100
 
 
 def debias_command(
@@ -51,8 +52,8 @@ def debias_command(
     suite: Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | "
                                        "stereoset.")] = "all",
     quick: Annotated[bool, typer.Option(
-        "--quick", help="Small general-ability subsets and at most 12 traced items (the "
-        "README's quick start on a CPU).")] = False,
+        "--quick", help="Small general-ability subsets, at most 12 traced items and 100 "
+        "training steps (the README's quick start on a CPU).")] = False,
     general_limits: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Subset sizes of the general suite, as in `fairstamp eval`.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, tracing, training and "
@@ -86,6 +87,7 @@ def debias_command(
     limits = dict(QUICK_GENERAL_LIMITS) if quick else {}
     if quick:
         trace_items = min(trace_items, QUICK_TRACE_ITEMS)
+        max_steps = min(max_steps, QUICK_MAX_STEPS)
     limits.update(parse_limits(general_limits))
     try:
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay, alpha=alpha,
