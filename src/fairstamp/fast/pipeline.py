@@ -158,8 +158,8 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
                            samples=config.trace_samples, seed=config.seed, heatmap_items=0,
                            progress=progress)
         layer = pick_layer(trace, config.layer_rule, loaded.arch.num_layers(loaded.model))
-        log.info("decisive layer %d (%s; top MLP layers %s)", layer, config.layer_rule,
-                 trace.ranked_layers("mlp")[:5])
+        log.info("stamp layer %d (rule %s); traced MLP layers by effect: %s", layer,
+                 config.layer_rule, trace.ranked_layers("mlp")[:5])
     seconds["trace"] = time.perf_counter() - clock
 
     retention_text, generic, trained_retention = training_text(

@@ -34,13 +34,9 @@ class Batch:
     @classmethod
     def of(cls, sequences: Sequence[Sequence[int]], pad_id: int,
            device: torch.device | None = None) -> Batch:
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        positions = torch.arange(width).unsqueeze(0).expand(len(sequences), width).contiguous()
+        from fairstamp.scoring.scorer import pad_batch
+
+        ids, mask, positions = pad_batch(sequences, pad_id)
         return cls(ids.to(device), mask.to(device), positions.to(device),
                    [len(s) for s in sequences])
 

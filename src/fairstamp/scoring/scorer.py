@@ -243,13 +243,7 @@ class Scorer:
     def _forward_batch(
         self, seqs: list[Sequence[int]], starts: list[int], device: torch.device
     ) -> list[TokenLogprobs]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        positions = torch.arange(width).unsqueeze(0).expand(len(seqs), width)
+        ids, mask, positions = pad_batch(seqs, self.pad_token_id)
         logits = self.model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -292,6 +286,21 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     picked = logits[:, :-1].float()
     targets = input_ids[:, 1:].to(picked.device).unsqueeze(-1)
     return picked.gather(-1, targets).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids), each [N, longest]: right-padded with explicit
+    positions, so neither the padding side nor the other sequences can change a result. The one
+    padding convention of fairstamp (scoring, tracing and stamp training)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    positions = torch.arange(width).unsqueeze(0).expand(len(sequences), width).contiguous()
+    return ids, mask, positions
 
 
 def _prefix_token(tokenizer: Any) -> tuple[int | None, str]:

@@ -66,13 +66,9 @@ class TokenGroup:
                        pad_token_id: int = 0) -> TokenGroup:
         if not sequences or any(len(s) == 0 for s in sequences):
             raise ValueError("a token group needs at least one non-empty sequence")
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        positions = torch.arange(width).unsqueeze(0).expand(len(sequences), width).contiguous()
+        from fairstamp.scoring.scorer import pad_batch
+
+        ids, mask, positions = pad_batch(sequences, pad_token_id)
         return cls(ids, mask, positions, tuple(len(s) for s in sequences))
 
     @property
