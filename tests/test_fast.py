@@ -160,7 +160,7 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert metrics["n_edited"] == len(edited) > 0
     assert metrics["after"]["metrics"]["edited"]["n_items"] == len(edited)
     assert "rs" in metrics["after"]["metrics"]["retention"]
-    assert metrics["layer_source"].startswith("trace")
+    assert metrics["layer_source"] == "rule two-thirds" and metrics["layer"] == 2
     assert "SS on the edited items" in capsys.readouterr().out
 
     assert run_cli(["debias", *common, "--limit", "30", "--out", out]) == 2  # exists

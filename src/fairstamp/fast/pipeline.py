@@ -100,7 +100,7 @@ class DebiasResult:
             "config": self.config.to_dict(),
             "layer": self.layer,
             "layer_source": "given" if self.config.layer is not None else
-            f"trace ({self.config.layer_rule})",
+            f"rule {self.config.layer_rule}",
             "stamp": {"width": self.stamp.config.width,
                       "parameters": self.stamp.num_parameters(),
                       "reads": self.stamp.config.reads,

@@ -38,7 +38,10 @@ def _save(fig, path: Path) -> Path:
     from fairstamp.utils.io import atomic_write_bytes
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
+    try:
+        fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
