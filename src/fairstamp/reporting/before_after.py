@@ -114,7 +114,7 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         f"{metrics['stamp']['width']}, {metrics['stamp']['parameters']:,} parameters) after the "
         f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); {fit['steps']} "
         f"training steps in {fit['seconds']:.0f} s (+{fit['setup_seconds']:.0f} s setup), stopped: "
-        f"{fit['stopped']}.",
+        f"{fit['stopped']}; kept the check of step {fit.get('kept_step', fit['steps'])}.",
         "",
         "Values are % with bootstrap 95% CIs, before → after the stamp; sentence score = "
         f"per-token {metrics['before']['config']['reduction']} log-probability.",
