@@ -126,9 +126,7 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
            max_batch_tokens: int | None = None) -> DebiasResult:
     """The whole FAST job on a loaded model; the stamp stays attached to it afterwards."""
     from fairstamp.data.bias_sets import load_bias_set
-    from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
     from fairstamp.data.splits import split_by_target
-    from fairstamp.evaluation.suite import GPT_PARAPHRASES
     from fairstamp.fast.data import training_text
 
     seed_everything(config.seed)
@@ -138,10 +136,8 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     if root is None:
         raise DataError("fairstamp debias needs the public data folder (WikiText-2, paraphrases): "
                         "pass --data-dir or set $FAIRSTAMP_DATA")
+    # Paraphrases are evaluation-only: `evaluate` attaches them; training never reads them.
     items = load_bias_set(config.data, config.bias_types, config.limit)
-    paraphrases = (load_paraphrase_file(root / GPT_PARAPHRASES)
-                   if (root / GPT_PARAPHRASES).is_file() else {})
-    items = attach_paraphrases(items, paraphrases, rule_fallback=True)
     edit, held_out = split_by_target(items, held_out_fraction=config.held_out_fraction,
                                      seed=config.seed)
     if not edit:

@@ -35,7 +35,7 @@ from fairstamp.errors import FairstampError
 from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.scoring import Scorer
 from fairstamp.stamp.artefact import Stamp, new_stamp
-from fairstamp.stamp.module import detach, disabled
+from fairstamp.stamp.module import detach
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -372,9 +372,4 @@ def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
     return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
 
 
-def original_model(loaded: Any):
-    """Context manager: the model without any stamp (for 'before' numbers)."""
-    return disabled(loaded.model, loaded.arch)
-
-
-__all__ = ["FitConfig", "FitResult", "TrainingDiverged", "fit_stamp", "original_model"]
+__all__ = ["FitConfig", "FitResult", "TrainingDiverged", "fit_stamp"]
