@@ -64,9 +64,19 @@ def _setup_logging(level: int, show_library_progress: bool) -> None:
 
 
 def _register() -> None:
-    from fairstamp.cli import compare, debias, demo, evaluate, generate, models, score, trace
+    from fairstamp.cli import (
+        bench,
+        compare,
+        debias,
+        demo,
+        evaluate,
+        generate,
+        models,
+        score,
+        trace,
+    )
 
-    for module in (demo, debias, evaluate, generate, trace, compare, models, score):
+    for module in (demo, debias, bench, evaluate, generate, trace, compare, models, score):
         module.register(app)
 
 

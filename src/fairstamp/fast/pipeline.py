@@ -116,25 +116,32 @@ class DebiasResult:
         }
 
 
-def pick_layer(trace: Any, rule: str, num_layers: int) -> int:
-    if rule == "two-thirds":
-        return min(num_layers - 1, round(2 * num_layers / 3))
-    return trace.decisive_layer("mlp", exclude_first=rule == "argmax-after-first")
+@dataclass
+class EditSetup:
+    """The items, split, training text and evaluation settings of one editing run (shared by
+    `debias` and `fairstamp bench`, so every method sees the same)."""
+
+    items: list[BiasItem]
+    edit: list[BiasItem]
+    held_out: list[BiasItem]
+    retention_sentences: list[str]
+    generic_sentences: list[str]
+    retention_trained: list[Any]
+    data_root: Path
+    eval_config: EvalConfig
 
 
-def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
-           max_batch_tokens: int | None = None) -> DebiasResult:
-    """The whole FAST job on a loaded model; the stamp stays attached to it afterwards."""
+def prepare_edit(config: Any) -> EditSetup:
+    """Load and split the bias items and the training text named by `config` (a DebiasConfig or
+    anything with the same fields: model, data, bias_types, limit, held_out_fraction, seed,
+    data_dir, n_generic, suite, general_limits, n_resamples)."""
     from fairstamp.data.bias_sets import load_bias_set
     from fairstamp.data.splits import split_by_target
     from fairstamp.fast.data import training_text
 
-    seed_everything(config.seed)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
     root = data_root(EvalConfig(model=config.model, data_dir=config.data_dir))
     if root is None:
-        raise DataError("fairstamp debias needs the public data folder (WikiText-2, paraphrases): "
+        raise DataError("editing needs the public data folder (WikiText-2, paraphrases): "
                         "pass --data-dir or set $FAIRSTAMP_DATA")
     # Paraphrases are evaluation-only: `evaluate` attaches them; training never reads them.
     items = load_bias_set(config.data, config.bias_types, config.limit)
@@ -144,6 +151,34 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
         raise DataError("no items on the edit side of the split; lower --held-out-fraction")
     log.info("%d bias items: %d to edit, %d on held-out targets", len(items), len(edit),
              len(held_out))
+    retention_text, generic, trained_retention = training_text(
+        config.bias_types, seed=config.seed, data_dir=root, n_generic=config.n_generic)
+    eval_config = EvalConfig(
+        model=config.model, suite=config.suite, bias_types=config.bias_types,
+        seed=config.seed, n_resamples=config.n_resamples,
+        held_out_fraction=config.held_out_fraction, data_dir=str(root),
+        general_limits=dict(config.general_limits), edited_ids=[i.id for i in edit],
+        retention_trained_ids=[r.id for r in trained_retention])
+    return EditSetup(items=items, edit=edit, held_out=held_out,
+                     retention_sentences=retention_text, generic_sentences=generic,
+                     retention_trained=trained_retention, data_root=Path(root),
+                     eval_config=eval_config)
+
+
+def pick_layer(trace: Any, rule: str, num_layers: int) -> int:
+    if rule == "two-thirds":
+        return min(num_layers - 1, round(2 * num_layers / 3))
+    return trace.decisive_layer("mlp", exclude_first=rule == "argmax-after-first")
+
+
+def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
+           max_batch_tokens: int | None = None) -> DebiasResult:
+    """The whole FAST job on a loaded model; the stamp stays attached to it afterwards."""
+    seed_everything(config.seed)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    setup = prepare_edit(config)
+    edit, items = setup.edit, setup.items
 
     trace = None
     layer = config.layer
@@ -157,15 +192,9 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
         log.info("stamp layer %d (rule %s); traced MLP layers by effect: %s", layer,
                  config.layer_rule, trace.ranked_layers("mlp")[:5])
     seconds["trace"] = time.perf_counter() - clock
-
-    retention_text, generic, trained_retention = training_text(
-        config.bias_types, seed=config.seed, data_dir=root, n_generic=config.n_generic)
-    eval_config = EvalConfig(
-        model=config.model, suite=config.suite, bias_types=config.bias_types,
-        seed=config.seed, n_resamples=config.n_resamples,
-        held_out_fraction=config.held_out_fraction, data_dir=str(root),
-        general_limits=dict(config.general_limits), edited_ids=[i.id for i in edit],
-        retention_trained_ids=[r.id for r in trained_retention])
+    eval_config = setup.eval_config
+    retention_text, generic = setup.retention_sentences, setup.generic_sentences
+    trained_retention = setup.retention_trained
     clock = time.perf_counter()
     before = evaluate(loaded, eval_config, progress=progress, bias_items=items,
                       max_batch_tokens=max_batch_tokens)

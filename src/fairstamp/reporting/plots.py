@@ -203,3 +203,31 @@ def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title:
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper right")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def tradeoff(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path | None:
+    """One point per method (`fairstamp bench` rows): |SS − 50| of the edited items against RS
+    on unseen retention items and against LMS."""
+    done = [r for r in rows if r.get("ss_edited") is not None]
+    if not done:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, label in ((axes[0], "rs_unseen", "RS on unseen retention items (%)"),
+                           (axes[1], "lms", "LMS (%)")):
+        for row in done:
+            y = row.get(key)
+            if y is None and key == "rs_unseen" and row["method"] == "original":
+                y = 100.0  # RS compares with the original: 100 by definition
+            if y is None:
+                continue
+            x = abs(row["ss_edited"] - 50.0)
+            marker = "*" if row["method"] in ("original", "fast") else "o"
+            ax.scatter([x], [y], s=120 if marker == "*" else 50, marker=marker)
+            ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+        ax.set_xlabel("|SS − 50| on the edited items (lower is better)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)

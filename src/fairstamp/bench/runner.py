@@ -1,0 +1,238 @@
+"""Run methods side by side: evaluate the original once, then fit and evaluate each method.
+
+Run folder (every part written atomically; a finished part is never recomputed, so an interrupted
+run resumes where it stopped):
+
+    bench_config.json                 the run's settings (a rerun must match them)
+    original/                         metrics.json + predictions.json of the unedited model
+    methods/<name>/                   metrics.json, predictions.json, result.json (fit seconds,
+                                      peak memory, parameters changed, the method's summary),
+                                      and the edit (edit.json + edit.safetensors, or the stamp)
+    failed/<name>.json                why a method failed (retried on the next run)
+    results.json, results.md, plots/  the table and the trade-off plots
+
+By default each method runs in its own process (`python -m fairstamp.bench.worker`), so that its
+peak memory is its own and a crash or an out-of-memory kill loses only that method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairstamp.errors import FairstampError
+from fairstamp.utils.io import atomic_write_json, staging_dir
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "original"
+CONFIG_NAME = "bench_config.json"
+DEFAULT_METHODS = ("fast", "ft", "rome", "memit", "cda", "inlp", "sentence_debias",
+                   "self_debias")
+
+
+@dataclass
+class BenchConfig:
+    """Settings of one `fairstamp bench` run; every method sees the same."""
+
+    model: str
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    data: str = "stereoset"
+    bias_types: list[str] | None = None
+    limit: int | None = None
+    held_out_fraction: float = 0.2
+    seed: int = 0
+    layer: int | None = None  # None: FAST's default rule (two thirds of the depth)
+    n_generic: int = 200
+    suite: str = "all"
+    general_limits: dict[str, int] = field(default_factory=dict)
+    n_resamples: int = 1000
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    device: str | None = None
+    max_batch_tokens: int | None = None
+    # Per-method knobs: {"rome": {"v_num_grad_steps": "10"}, ...} (strings are read by type).
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from fairstamp.methods import method_class
+
+        if not self.methods:
+            raise FairstampError("no methods to run")
+        if self.data == "crows" or self.data.endswith(".csv"):
+            raise FairstampError("CrowS-Pairs' data statement asks that it not be used to train "
+                                 "models; bench on StereoSet or your own bias file (CrowS-Pairs "
+                                 "is still evaluated by --suite all)")
+        for name in [*self.methods, *self.options]:
+            method_class(name)  # unknown names fail here, with the list of known ones
+        if len(set(self.methods)) != len(self.methods):
+            raise FairstampError("a method is named twice")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def shared(self) -> dict[str, Any]:
+        """What must not change between the runs that fill one folder (methods may be added)."""
+        out = self.to_dict()
+        for key in ("methods", "options", "device", "max_batch_tokens", "cache_dir"):
+            out.pop(key)
+        return out
+
+
+def method_folder(out: Path, name: str) -> Path:
+    return out / ORIGINAL if name == ORIGINAL else out / "methods" / name
+
+
+def is_done(out: Path, name: str) -> bool:
+    return (method_folder(out, name) / "metrics.json").is_file()
+
+
+def run_bench(config: BenchConfig, out: str | Path, *, isolate: bool = True,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate the original and every method into `out` (resuming a started run) and write the
+    results table; returns results.json's content."""
+    from fairstamp.bench.table import write_results
+
+    out = Path(out)
+    _check_or_write_config(config, out)
+    names = [ORIGINAL, *config.methods]
+    for position, name in enumerate(names):
+        if is_done(out, name):
+            log.info("[%d/%d] %s: done earlier, kept", position + 1, len(names), name)
+            continue
+        log.info("[%d/%d] %s: %s", position + 1, len(names), name,
+                 "evaluating the original model" if name == ORIGINAL else "fitting + evaluating")
+        clock = time.perf_counter()
+        ok = (_run_isolated(out, name) if isolate else _run_here(out, name, config, progress))
+        if not ok and name == ORIGINAL:
+            raise FairstampError(f"evaluating the original model failed; see "
+                                 f"{out / 'failed' / 'original.json'}")
+        log.info("%s %s in %.0f s", name, "finished" if ok else "FAILED",
+                 time.perf_counter() - clock)
+    return write_results(out, config)
+
+
+def _check_or_write_config(config: BenchConfig, out: Path) -> None:
+    path = out / CONFIG_NAME
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        shared = config.shared()
+        changed = [k for k, v in shared.items() if earlier.get(k) != v]
+        if changed:
+            raise FairstampError(
+                f"{out} holds a bench run with other settings ({', '.join(changed)}); use "
+                f"another --out, or the same settings to resume it")
+        merged = {**earlier, "methods": list(dict.fromkeys([*earlier.get("methods", []),
+                                                           *config.methods])),
+                  "options": {**earlier.get("options", {}), **config.options}}
+        atomic_write_json(path, merged)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, config.to_dict())
+
+
+def _run_isolated(out: Path, name: str) -> bool:
+    command = [sys.executable, "-m", "fairstamp.bench.worker", str(out), name]
+    return subprocess.run(command, check=False).returncode == 0
+
+
+def _run_here(out: Path, name: str, config: BenchConfig, progress: bool | None) -> bool:
+    try:
+        run_one(out, name, config, progress=progress, isolated=False)
+        return True
+    except Exception as exc:  # recorded, and the next method runs
+        record_failure(out, name, exc)
+        return False
+
+
+def record_failure(out: Path, name: str, exc: BaseException) -> None:
+    log.error("%s failed: %s", name, exc)
+    atomic_write_json(out / "failed" / f"{name}.json", {
+        "method": name, "error": f"{type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc()})
+
+
+def _peak_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def context_for(config: BenchConfig, loaded: Any, progress: bool | None = None):
+    """(EditContext, EditSetup) of a bench run: the same for every method."""
+    from fairstamp.fast.pipeline import pick_layer, prepare_edit
+    from fairstamp.methods import EditContext
+
+    setup = prepare_edit(config)
+    layer = config.layer
+    n_layers = loaded.arch.num_layers(loaded.model)
+    if layer is None:
+        layer = pick_layer(None, "two-thirds", n_layers)
+    if not 0 <= layer < n_layers:
+        raise FairstampError(f"layer {layer} out of range: {loaded.name} has {n_layers} layers")
+    context = EditContext(
+        loaded=loaded, items=setup.edit,
+        bias_types=config.bias_types or sorted({i.bias_type for i in setup.items}),
+        layer=layer, retention_sentences=setup.retention_sentences,
+        generic_sentences=setup.generic_sentences, data_root=setup.data_root,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else None, seed=config.seed,
+        progress=progress)
+    return context, setup
+
+
+def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None = None,
+            isolated: bool = True) -> Path:
+    """Fit one method (or none, for the original) and evaluate it into its folder."""
+    from fairstamp.evaluation.suite import evaluate
+    from fairstamp.methods import get_method
+    from fairstamp.models import load
+    from fairstamp.utils.repro import library_versions, seed_everything
+
+    seed_everything(config.seed)
+    loaded = load(config.model, cache_dir=config.cache_dir, device=config.device)
+    context, setup = context_for(config, loaded, progress)
+    reference = None
+    result: dict[str, Any] = {"method": name, "layer": context.layer,
+                              "n_edited": len(context.items), "isolated_process": isolated,
+                              "versions": library_versions()}
+    edit = None
+    if name != ORIGINAL:
+        reference = json.loads((method_folder(out, ORIGINAL) / "predictions.json").read_text())
+        method = get_method(name, **config.options.get(name, {}))
+        result["config"] = method.config_dict()
+        clock = time.perf_counter()
+        edit = method.fit(context)
+        result["fit_seconds"] = round(time.perf_counter() - clock, 2)
+        result["parameters_changed"] = edit.parameters_changed()
+        result["edit"] = edit.summary()
+    # Measured before the evaluation, so this is the peak of loading + fitting.
+    result["peak_mib"] = round(_peak_mib(), 1)
+    result["peak_scope"] = ("this method's own process (model load + fit)" if isolated else
+                            "the whole process so far (not isolated)")
+    clock = time.perf_counter()
+    evaluation = evaluate(loaded, setup.eval_config, progress=progress, bias_items=setup.items,
+                          reference_predictions=reference,
+                          max_batch_tokens=config.max_batch_tokens)
+    result["eval_seconds"] = round(time.perf_counter() - clock, 2)
+    folder = method_folder(out, name)
+    with staging_dir(folder, overwrite=True) as stage:
+        atomic_write_json(stage / "metrics.json", evaluation.metrics)
+        atomic_write_json(stage / "predictions.json", evaluation.predictions)
+        atomic_write_json(stage / "result.json", result)
+        if edit is not None:
+            edit.save(stage)
+    failure = out / "failed" / f"{name}.json"
+    if failure.exists():
+        os.unlink(failure)
+    if edit is not None:
+        edit.restore(loaded)
+    return folder

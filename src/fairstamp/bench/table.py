@@ -1,0 +1,156 @@
+"""The bench results: one row per method (the original first), as JSON, Markdown, a terminal
+table and trade-off plots (|SS − 50| against RS and against LMS)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fairstamp.utils.io import atomic_write_json, atomic_write_text
+
+#: (key, header, where in metrics.json, digits); "ideal" in COLUMNS_IDEAL.
+BIAS_COLUMNS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
+    ("ss_edited", "SS edited", ("edited", "ss", "overall"), 1),
+    ("ps_edited", "PS edited", ("edited", "ps", "overall"), 1),
+    ("ss_held_out", "SS held-out", ("held_out", "ss", "overall"), 1),
+    ("ss", "SS all", ("stereoset", "ss", "overall"), 1),
+    ("crows", "CrowS", ("crows", "crows", "overall"), 1),
+    ("rs_unseen", "RS unseen", ("retention", "rs_unseen", "overall"), 1),
+    ("ds", "DS", ("retention", "ds", "overall"), 1),
+    ("lms", "LMS", ("stereoset", "lms", "overall"), 1),
+    ("icat", "ICAT", ("stereoset", "icat", "overall"), 1),
+    ("perplexity", "PPL", ("general", "perplexity"), 2),
+    ("known_kept", "known kept", ("general", "known_1000", "kept"), 1),
+)
+IDEAL = {"ss_edited": "50", "ps_edited": "50", "ss_held_out": "50", "ss": "50", "crows": "50",
+         "rs_unseen": "100", "ds": "↑", "lms": "↑", "icat": "↑", "perplexity": "↓",
+         "known_kept": "100", "downstream": "↑"}
+
+
+def _get(metrics: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = metrics
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node.get("value") if isinstance(node, Mapping) else None
+
+
+def downstream_mean(metrics: Mapping[str, Any]) -> float | None:
+    tasks = (metrics.get("general") or {}).get("downstream") or {}
+    values = [t["acc"]["value"] for t in tasks.values() if t.get("acc")]
+    return sum(values) / len(values) if values else None
+
+
+def row_of(name: str, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": name, "status": "done"}
+    for key, _, path, _ in BIAS_COLUMNS:
+        row[key] = _get(metrics, path)
+    row["downstream"] = downstream_mean(metrics)
+    row["fit_seconds"] = result.get("fit_seconds")
+    row["peak_mib"] = result.get("peak_mib")
+    row["parameters_changed"] = result.get("parameters_changed")
+    row["eval_seconds"] = result.get("eval_seconds")
+    return row
+
+
+def collect(out: Path, methods: list[str]) -> list[dict[str, Any]]:
+    from fairstamp.bench.runner import ORIGINAL, method_folder
+
+    rows = []
+    for name in [ORIGINAL, *methods]:
+        folder = method_folder(out, name)
+        if (folder / "metrics.json").is_file():
+            metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
+            result = json.loads((folder / "result.json").read_text())
+            rows.append(row_of(name, metrics, result))
+            continue
+        failure = out / "failed" / f"{name}.json"
+        error = json.loads(failure.read_text())["error"] if failure.is_file() else "not run"
+        rows.append({"method": name, "status": "failed" if failure.is_file() else "not run",
+                     "error": error})
+    return rows
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["method", *(h for _, h, _, _ in BIAS_COLUMNS), "downstream", "fit s", "peak MiB",
+               "params changed"]
+    ideal = ["ideal", *(IDEAL[k] for k, _, _, _ in BIAS_COLUMNS), IDEAL["downstream"], "", "",
+             ""]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+             "| " + " | ".join(ideal) + " |"]
+    for row in rows:
+        if row["status"] != "done":
+            lines.append(f"| {row['method']} | {row['status']}: {row.get('error', '')} |"
+                         + " |" * (len(headers) - 2))
+            continue
+        cells = [row["method"], *(_fmt(row[k], d) for k, _, _, d in BIAS_COLUMNS),
+                 _fmt(row["downstream"]), _fmt(row["fit_seconds"], 0), _fmt(row["peak_mib"], 0),
+                 _fmt(row["parameters_changed"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, config: Any) -> dict[str, Any]:
+    """results.json, results.md and plots/tradeoff.png from the method folders."""
+    from fairstamp.utils.repro import library_versions
+
+    stored = json.loads((out / "bench_config.json").read_text())
+    methods = stored.get("methods", config.methods)
+    rows = collect(out, methods)
+    model = config.model
+    from fairstamp.reporting.plots import tradeoff
+
+    plot = tradeoff([r for r in rows if r["status"] == "done"], out / "plots" / "tradeoff.png",
+                    title=f"{model}: bias removed vs knowledge kept")
+    results = {"kind": "bench", "model": model, "config": stored, "rows": rows,
+               "versions": library_versions()}
+    atomic_write_json(out / "results.json", results)
+    bias_types = ", ".join(stored.get("bias_types") or ["all"])
+    lines = [f"# fairstamp bench: `{model}`", "",
+             f"Data `{stored['data']}` ({bias_types}), seed {stored['seed']}, one run: every "
+             "method fitted on the same edit-side items and evaluated by the same BiaScope "
+             "suite; the held-out targets are never edited.", "",
+             markdown_table(rows), "",
+             "SS/PS/CrowS/RS/DS/LMS/ICAT in %, PPL = WikiText-2 perplexity, known kept = "
+             "`known_1000` top-1 predictions unchanged vs the original (%), downstream = mean "
+             "zero-shot accuracy (%), fit s = seconds to fit, peak MiB = peak resident memory "
+             "of loading + fitting, params changed = parameters changed or added. Per-method "
+             "details: `methods/<name>/result.json`; every number: `methods/<name>/metrics.json`.",
+             ""]
+    if plot is not None:
+        lines += ["![trade-off](plots/tradeoff.png)", ""]
+    atomic_write_text(out / "results.md", "\n".join(lines))
+    return results
+
+
+def print_results(results: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    from fairstamp.reporting.text import console
+
+    table = Table(title=f"fairstamp bench: {results['model']}")
+    headers = ["method", "SS edited", "PS edited", "SS held-out", "RS unseen", "LMS", "PPL",
+               "known kept", "fit s", "params"]
+    keys = ["ss_edited", "ps_edited", "ss_held_out", "rs_unseen", "lms", "perplexity",
+            "known_kept", "fit_seconds", "parameters_changed"]
+    for header in headers:
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for row in results["rows"]:
+        if row["status"] != "done":
+            table.add_row(row["method"], f"[red]{row['status']}[/red]",
+                          *([""] * (len(headers) - 2)))
+            continue
+        table.add_row(row["method"], *(_fmt(row[k], 2 if k == "perplexity" else
+                                            0 if k == "fit_seconds" else 1) for k in keys))
+    console().print(table)

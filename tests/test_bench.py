@@ -1,0 +1,134 @@
+"""`fairstamp bench`: the method registry, the same-items run folder, resuming, failures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from fairstamp.bench.runner import BenchConfig, run_bench
+from fairstamp.cli.bench import parse_options
+from fairstamp.errors import FairstampError
+from fairstamp.methods import (
+    Method,
+    WeightEdit,
+    get_method,
+    method_class,
+    method_names,
+    register,
+    snapshot,
+)
+
+
+@dataclass
+class _ScaleConfig:
+    factor: float = 0.5
+    fail: bool = False
+
+
+@register
+class _ScaleUnembedding(Method):
+    """A test method: scales the unembedding (changes every logit), or fails on request."""
+
+    name = "test_scale"
+    config_class = _ScaleConfig
+
+    def fit(self, context):
+        if self.config.fail:
+            raise FairstampError("asked to fail")
+        model = context.loaded.model
+        name = next(n for n, _ in model.named_parameters() if "lm_head" in n or "embed" in n)
+        originals = snapshot(model, [name])
+        with torch.no_grad():
+            dict(model.named_parameters())[name].mul_(self.config.factor)
+        return WeightEdit(self.name, model, originals, {"factor": self.config.factor})
+
+
+def config(tiny_model_dir, **overrides) -> BenchConfig:
+    base = dict(model=str(tiny_model_dir), methods=["test_scale"], bias_types=["gender"],
+                limit=12, suite="biascope", n_resamples=10, n_generic=8,
+                data_dir=str(SHARED_DATA))
+    return BenchConfig(**{**base, **overrides})
+
+
+def test_registry_lists_builtin_methods_and_rejects_unknown_ones():
+    assert method_names()[:8] == ["fast", "ft", "rome", "memit", "cda", "inlp",
+                                  "sentence_debias", "self_debias"]
+    assert method_class("test_scale") is _ScaleUnembedding
+    with pytest.raises(FairstampError, match="unknown method 'nope'; available: fast"):
+        method_class("nope")
+    assert get_method("test_scale", factor="0.25").config.factor == 0.25
+    with pytest.raises(FairstampError, match="test_scale has no option 'width'"):
+        get_method("test_scale", width="3")
+    with pytest.raises(FairstampError, match="cannot read 'x' as float"):
+        get_method("test_scale", factor="x")
+    assert get_method("fast", width="16", keep_best="false").config.width == 16
+    assert parse_options(["rome.v_lr=0.1", "rome.layers=3,4"]) == {
+        "rome": {"v_lr": "0.1", "layers": "3,4"}}
+    with pytest.raises(FairstampError, match="METHOD.OPTION=VALUE"):
+        parse_options(["v_lr=0.1"])
+
+
+def test_bench_runs_methods_on_the_same_items_and_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    cfg = config(tiny_model_dir, methods=["test_scale", "fast"],
+                 options={"fast": {"max_steps": "4", "width": "8", "check_every": "2",
+                                   "batch_pairs": "4", "batch_kl": "2"}})
+    results = run_bench(cfg, out, isolate=False, progress=False)
+    rows = {r["method"]: r for r in results["rows"]}
+    assert list(rows) == ["original", "test_scale", "fast"]
+    assert all(r["status"] == "done" for r in rows.values())
+    # Scaling the unembedding changes scores; the original's predictions are the RS reference.
+    assert rows["test_scale"]["ss_edited"] is not None
+    assert rows["original"]["rs_unseen"] is None and rows["test_scale"]["rs_unseen"] is not None
+    hidden = 32
+    assert rows["fast"]["parameters_changed"] == 2 * hidden * 8 + 8 + hidden
+    result = json.loads((out / "methods" / "fast" / "result.json").read_text())
+    edited = json.loads((out / "methods" / "fast" / "metrics.json").read_text())
+    assert edited["metrics"]["edited"]["n_edited_ids"] == result["n_edited"] > 0
+    original = json.loads((out / "original" / "result.json").read_text())
+    assert original["n_edited"] == result["n_edited"] and original["layer"] == result["layer"]
+    for name in ("fast", "test_scale"):  # each method's edit was saved, no pickle
+        assert (out / "methods" / name / "edit.json").is_file()
+    assert (out / "methods" / "fast" / "stamp.safetensors").is_file()
+    assert (out / "results.md").read_text().count("| fast |") == 1
+    assert (out / "plots" / "tradeoff.png").stat().st_size > 1000
+
+    # Resuming: nothing finished is recomputed; a new method is added to the same table.
+    stamp = out / "methods" / "fast" / "metrics.json"
+    before = stamp.stat().st_mtime_ns
+    again = run_bench(config(tiny_model_dir, methods=["fast", "test_scale"],
+                             options=cfg.options), out, isolate=False, progress=False)
+    assert stamp.stat().st_mtime_ns == before
+    assert [r["method"] for r in again["rows"]] == ["original", "test_scale", "fast"]
+
+    with pytest.raises(FairstampError, match="other settings \\(seed\\)"):
+        run_bench(config(tiny_model_dir, seed=1), out, isolate=False, progress=False)
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    cfg = config(tiny_model_dir, options={"test_scale": {"fail": "true"}})
+    results = run_bench(cfg, out, isolate=False, progress=False)
+    row = results["rows"][1]
+    assert row["status"] == "failed" and "asked to fail" in row["error"]
+    assert not (out / "methods" / "test_scale").exists()
+    assert "failed: FairstampError: asked to fail" in (out / "results.md").read_text()
+
+
+def test_bench_refuses_crows_pairs_as_training_data(tiny_model_dir):
+    with pytest.raises(FairstampError, match="not be used to train"):
+        config(tiny_model_dir, data="crows")
+
+
+def test_each_method_runs_in_its_own_process(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    cfg = config(tiny_model_dir, methods=["fast"],
+                 options={"fast": {"max_steps": "2", "width": "4", "check_every": "1"}})
+    results = run_bench(cfg, out, isolate=True, progress=False)
+    assert [r["status"] for r in results["rows"]] == ["done", "done"]
+    result = json.loads((out / "methods" / "fast" / "result.json").read_text())
+    assert result["isolated_process"] is True and result["peak_mib"] > 50
