@@ -132,3 +132,20 @@ def test_each_method_runs_in_its_own_process(tiny_model_dir, tmp_path):
     assert [r["status"] for r in results["rows"]] == ["done", "done"]
     result = json.loads((out / "methods" / "fast" / "result.json").read_text())
     assert result["isolated_process"] is True and result["peak_mib"] > 50
+
+
+def test_bench_command_prints_the_table_and_writes_results(tiny_model_dir, tmp_path, capsys):
+    from fairstamp.cli.main import main
+
+    out = tmp_path / "bench"
+    args = ["bench", "--model", str(tiny_model_dir), "--methods", "test_scale", "--limit", "12",
+            "--suite", "biascope", "--bootstrap", "10", "--data-dir", str(SHARED_DATA),
+            "--option", "test_scale.factor=0.9", "--in-process", "--out", str(out)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "fairstamp bench" in captured.out and "test_scale" in captured.out
+    result = json.loads((out / "methods" / "test_scale" / "result.json").read_text())
+    assert result["config"] == {"factor": 0.9, "fail": False}
+    assert main([*args[:-2], "--option", "test_scale.nope=1", "--out", str(tmp_path / "b2")]) == 2
+    assert "test_scale has no option 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "b2").exists()

@@ -9,7 +9,7 @@ from fairstamp.cli.main import main
 from fairstamp.models import load
 from fairstamp.scoring import Scorer
 
-COMMANDS = ["demo", "debias", "eval", "generate", "trace", "compare", "models", "score"]
+COMMANDS = ["demo", "debias", "bench", "eval", "generate", "trace", "compare", "models", "score"]
 
 
 def run(args, capsys):

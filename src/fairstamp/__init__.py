@@ -31,6 +31,11 @@ _LAZY = {
     "Stamp": "fairstamp.stamp",
     "evaluate": "fairstamp.evaluation.suite",
     "EvalConfig": "fairstamp.evaluation.config",
+    "get_method": "fairstamp.methods",
+    "method_names": "fairstamp.methods",
+    "EditContext": "fairstamp.methods",
+    "run_bench": "fairstamp.bench",
+    "BenchConfig": "fairstamp.bench",
 }
 
 __all__ = ["__version__", *_LAZY]
