@@ -79,7 +79,7 @@ def test_bench_runs_methods_on_the_same_items_and_resumes(tiny_model_dir, tmp_pa
                                    "batch_pairs": "4", "batch_kl": "2"}})
     results = run_bench(cfg, out, isolate=False, progress=False)
     rows = {r["method"]: r for r in results["rows"]}
-    assert list(rows) == ["original", "test_scale", "fast"]
+    assert list(rows) == ["original", "fast", "test_scale"]  # built-ins first
     assert all(r["status"] == "done" for r in rows.values())
     # Scaling the unembedding changes scores; the original's predictions are the RS reference.
     assert rows["test_scale"]["ss_edited"] is not None
@@ -103,7 +103,7 @@ def test_bench_runs_methods_on_the_same_items_and_resumes(tiny_model_dir, tmp_pa
     again = run_bench(config(tiny_model_dir, methods=["fast", "test_scale"],
                              options=cfg.options), out, isolate=False, progress=False)
     assert stamp.stat().st_mtime_ns == before
-    assert [r["method"] for r in again["rows"]] == ["original", "test_scale", "fast"]
+    assert [r["method"] for r in again["rows"]] == ["original", "fast", "test_scale"]
 
     with pytest.raises(FairstampError, match="other settings \\(seed\\)"):
         run_bench(config(tiny_model_dir, seed=1), out, isolate=False, progress=False)

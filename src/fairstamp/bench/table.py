@@ -105,8 +105,12 @@ def write_results(out: Path, config: Any) -> dict[str, Any]:
     """results.json, results.md and plots/tradeoff.png from the method folders."""
     from fairstamp.utils.repro import library_versions
 
+    from fairstamp.methods import method_names
+
     stored = json.loads((out / "bench_config.json").read_text())
-    methods = stored.get("methods", config.methods)
+    known = method_names()  # built-ins in their table order, then the run's own order
+    methods = sorted(stored.get("methods", config.methods),
+                     key=lambda m: (known.index(m) if m in known else len(known)))
     rows = collect(out, methods)
     model = config.model
     from fairstamp.reporting.plots import tradeoff
