@@ -103,9 +103,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_results(out: Path, config: Any) -> dict[str, Any]:
     """results.json, results.md and plots/tradeoff.png from the method folders."""
-    from fairstamp.utils.repro import library_versions
-
     from fairstamp.methods import method_names
+    from fairstamp.utils.repro import library_versions
 
     stored = json.loads((out / "bench_config.json").read_text())
     known = method_names()  # built-ins in their table order, then the run's own order

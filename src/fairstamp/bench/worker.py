@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m fairstamp.bench.worker RUN_FOLDER METHOD", file=sys.stderr)
         return 2
     out, name = Path(args[0]), args[1]
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name}: %(message)s",
-                        datefmt="%H:%M:%S")
+    from fairstamp.cli.main import setup_logging
+
+    setup_logging(logging.INFO, show_library_progress=False)
     config = BenchConfig(**json.loads((out / CONFIG_NAME).read_text()))
     try:
         run_one(out, name, config)

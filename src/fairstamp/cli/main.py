@@ -41,10 +41,10 @@ def _root(
     ] = None,
 ) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    _setup_logging(level, show_library_progress=verbose > 0)
+    setup_logging(level, show_library_progress=verbose > 0)
 
 
-def _setup_logging(level: int, show_library_progress: bool) -> None:
+def setup_logging(level: int, show_library_progress: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
