@@ -1,5 +1,9 @@
 """Training a fairness stamp: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3), with the stamp's weight decay.
 
+One loop (`train_at_layer`) trains any parameters that act at layer l under this loss: the stamp
+(`fit_stamp`) or, for the FT-L baseline (methods/finetune.py), the weight of layer l's MLP output
+projection. Everything below is shared by both.
+
 - L_e (bias): mean over the edited pairs of |score(stereo) − score(anti)|, each score the sentence's
   per-token mean log-probability exactly as the Scorer computes it (so the batch SS watched for
   early stopping is the SS that `eval` reports on these items).
@@ -16,16 +20,17 @@ SS and L_e of all edited pairs are measured, and training stops when SS is withi
 50 and L_e has stopped falling (or at `max_steps`). With `keep_best` the stamp of the check with SS
 closest to 50 (within `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts
 signs, so it wanders while |gap| shrinks. A non-finite loss stops training with
-`TrainingDiverged`; the stamp is detached and nothing is written.
+`TrainingDiverged`; the edit is undone (the stamp detached, FT-L's weight restored) and nothing is
+written.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -74,10 +79,9 @@ class FitConfig:
 
 
 @dataclass
-class FitResult:
-    """A trained (attached) stamp and how training went."""
+class TrainRun:
+    """How one run of the training loop went."""
 
-    stamp: Stamp
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
@@ -91,6 +95,13 @@ class FitResult:
         return {"steps": self.steps, "seconds": round(self.seconds, 2),
                 "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
                 "kept_step": self.best_step, "final": kept}
+
+
+@dataclass
+class FitResult(TrainRun):
+    """A trained (attached) stamp and how training went."""
+
+    stamp: Stamp = field(kw_only=True)
 
 
 @dataclass
@@ -116,9 +127,91 @@ def fit_stamp(
     Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
     must preserve: that is sequential editing by stacking.
     """
+    config = config or FitConfig()
+    holder: dict[str, Stamp] = {}
+
+    def make() -> Trainable:
+        stamp = new_stamp(loaded, layer, width=config.width, activation=config.activation,
+                          reads=config.reads, seed=config.seed, training=config.to_dict())
+        params = list(stamp.module.parameters())
+        for p in params:
+            p.requires_grad_(False)  # trainable only while the loop runs
+        try:
+            optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        except ValueError as exc:
+            raise FairstampError(f"stamp training settings: {exc}") from None
+        stamp.attach_to(loaded)
+        holder["stamp"] = stamp
+        return Trainable(params, optimizer, f"stamp @ layer {layer}",
+                         undo=lambda: detach(loaded.model, loaded.arch, stamp.module),
+                         what=f"a width-{config.width} stamp", kept="stamp")
+
+    run = train_at_layer(loaded, items, layer, make, retention_sentences=retention_sentences,
+                         generic_sentences=generic_sentences, config=config, progress=progress)
+    stamp = holder["stamp"]
+    stamp.module.eval()
+    result = FitResult(stamp=stamp, **{f.name: getattr(run, f.name) for f in fields(TrainRun)})
+    stamp.config.training = {**config.to_dict(), **result.summary()}
+    return result
+
+
+class LoopSettings(Protocol):
+    """The knobs `train_at_layer` reads (FitConfig and the FT-L config both have them)."""
+
+    alpha: float
+    beta: float
+    max_steps: int
+    min_steps: int
+    batch_pairs: int
+    batch_kl: int
+    check_every: int
+    ss_tolerance: float
+    flat_tolerance: float
+    framings: int
+    kl_top_k: int
+    keep_best: bool
+    reuse_lower: bool
+    seed: int
+
+
+@dataclass
+class Trainable:
+    """What `train_at_layer` trains: parameters that act at (or above) its layer, their optimizer,
+    a hook run after every optimizer step (FT-L's norm constraint), and `undo`, which takes the
+    edit off the model when training fails."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    description: str
+    undo: Callable[[], None]
+    after_step: Callable[[], None] | None = None
+    what: str = "parameters"  # for the log
+    kept: str = "edit"  # for the divergence message
+
+
+def train_at_layer(
+    loaded: Any,
+    items: Sequence[BiasItem],
+    layer: int,
+    make: Callable[[], Trainable],
+    *,
+    retention_sentences: Sequence[str] = (),
+    generic_sentences: Sequence[str] = (),
+    config: LoopSettings,
+    progress: bool | None = None,
+) -> TrainRun:
+    """The one training loop of L = L_e + α·L_s1 + β·L_s2 for an edit at `layer` (FAST's stamp,
+    FT-L's projection weight): batching, the cached lower layers, KL targets, early stopping on SS,
+    keep-best and the NaN guard.
+
+    The KL targets are computed from the model as it is when called; `make` then creates or
+    selects the parameters and puts them on the model (it runs after the targets exist). The
+    layers below `layer` must not depend on the parameters (their output is cached). On success
+    the parameters hold the kept step's values and their `requires_grad` flags are as before; on
+    any error `undo` runs first.
+    """
     from fairstamp.fast.data import framed_pairs, neutral_sentences
 
-    config = config or FitConfig()
     if not items:
         raise FairstampError("no bias items to edit")
     setup_start = time.perf_counter()
@@ -144,28 +237,22 @@ def fit_stamp(
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device)
     targets = _kl_targets(upper, kl_sents, config.kl_top_k, scorer.pad_token_id, device)
 
-    stamp = new_stamp(loaded, layer, width=config.width, activation=config.activation,
-                      reads=config.reads, seed=config.seed, training=config.to_dict())
-    params = list(stamp.module.parameters())
+    trainable = make()
+    params, optimizer = trainable.params, trainable.optimizer
+    flags = [p.requires_grad for p in params]
     try:
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    except ValueError as exc:
-        raise FairstampError(f"stamp training settings: {exc}") from None
-    stamp.attach_to(loaded)
-    for p in params:
-        p.requires_grad_(True)
-    result = FitResult(stamp=stamp, setup_seconds=time.perf_counter() - setup_start)
-    log.info("training a width-%d stamp at layer %d on %d items (%d pairs with framings), %d "
-             "retention/group and %d generic sentences", config.width, layer, len(items),
-             len(pairs), len(group_texts), len(generic_sentences))
-
-    pair_order = _Cycler(len(pairs), generator)
-    kl_order = _Cycler(len(kl_texts), generator) if kl_texts else None
-    start = time.perf_counter()
-    le_history: list[float] = []
-    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
-    try:
-        with progress_bar(config.max_steps, f"stamp @ layer {layer}", progress) as advance:
+        for p in params:
+            p.requires_grad_(True)
+        result = TrainRun(setup_seconds=time.perf_counter() - setup_start)
+        log.info("training %s at layer %d on %d items (%d pairs with framings), %d "
+                 "retention/group and %d generic sentences", trainable.what, layer, len(items),
+                 len(pairs), len(group_texts), len(generic_sentences))
+        pair_order = _Cycler(len(pairs), generator)
+        kl_order = _Cycler(len(kl_texts), generator) if kl_texts else None
+        start = time.perf_counter()
+        le_history: list[float] = []
+        best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
+        with progress_bar(config.max_steps, trainable.description, progress) as advance:
             for step in range(1, config.max_steps + 1):
                 chosen = pair_order.take(config.batch_pairs)
                 kl_chosen = kl_order.take(config.batch_kl) if kl_order else []
@@ -174,10 +261,13 @@ def fit_stamp(
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
-                        f"--lr or the loss weights. No stamp was kept.")
+                        f"--lr or the loss weights. No {trainable.kept} was kept.")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if trainable.after_step is not None:
+                    with torch.no_grad():
+                        trainable.after_step()
                 result.steps = step
                 status = None
                 if step % config.check_every == 0 or step == config.max_steps:
@@ -188,8 +278,7 @@ def fit_stamp(
                     le_history.append(le)
                     key = (max(abs(ss - 50.0) - config.ss_tolerance, 0.0), le)
                     if best is None or key < best[0]:
-                        best = (key, step, {k: v.detach().clone()
-                                            for k, v in stamp.module.state_dict().items()})
+                        best = (key, step, [p.detach().clone() for p in params])
                     status = (f"SS {ss:.1f}  L_e {terms['l_e']:.3f}  L_s1 {terms['l_s1']:.4f}  "
                               f"L_s2 {terms['l_s2']:.4f}")
                     log.debug("step %d: %s", step, status)
@@ -201,23 +290,23 @@ def fit_stamp(
             else:
                 result.stopped = "max_steps"
         if config.keep_best and best is not None and best[1] != result.steps:
-            stamp.module.load_state_dict(best[2])
+            with torch.no_grad():
+                for p, kept in zip(params, best[2]):
+                    p.copy_(kept)
         result.best_step = best[1] if config.keep_best and best is not None else result.steps
     except BaseException:
-        detach(model, arch, stamp.module)
+        trainable.undo()
         raise
     finally:
-        for p in params:
-            p.requires_grad_(False)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
     result.seconds = time.perf_counter() - start
-    stamp.module.eval()
-    stamp.config.training = {**config.to_dict(), **result.summary()}
-    log.info("stamp trained: %d steps in %.1f s (%s)", result.steps, result.seconds,
+    log.info("%s trained: %d steps in %.1f s (%s)", trainable.what, result.steps, result.seconds,
              result.stopped)
     return result
 
 
-def _should_stop(ss: float, le_history: list[float], config: FitConfig) -> bool:
+def _should_stop(ss: float, le_history: list[float], config: LoopSettings) -> bool:
     if abs(ss - 50.0) > config.ss_tolerance or len(le_history) < 2:
         return False
     previous, current = le_history[-2], le_history[-1]
@@ -335,7 +424,7 @@ def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
 
 
 def _loss(upper, pairs: _Sentences, kl_sents: _Sentences, chosen, kl_chosen, targets,
-          kl_is_generic, config: FitConfig, pad, device):
+          kl_is_generic, config: LoopSettings, pad, device):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     token, rows, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
     means = _sentence_means(token, rows, len(sent_rows))
@@ -372,4 +461,5 @@ def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
     return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
 
 
-__all__ = ["FitConfig", "FitResult", "TrainingDiverged", "fit_stamp"]
+__all__ = ["FitConfig", "FitResult", "LoopSettings", "TrainRun", "Trainable", "TrainingDiverged",
+           "fit_stamp", "train_at_layer"]
