@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from fairstamp.data.items import BiasItem, RetentionItem
@@ -76,26 +76,38 @@ _DETOKENIZE = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "), ("
                (" : ", ": "), (" 's", "'s"), (" ( ", " ("), (" ) ", ") "), (" n't", "n't")]
 
 
-def generic_sentences(path: str | Path, n: int, *, seed: int = 0, min_words: int = 6,
-                      max_words: int = 25) -> list[str]:
-    """`n` sentences of WikiText-2 valid text (headings and sentences with <unk> dropped),
-    chosen with `seed`, lightly detokenised."""
+def wikitext_sentences(path: str | Path, what: str = "WikiText-2 text"
+                       ) -> Iterator[tuple[str, str]]:
+    """(raw sentence, lightly detokenised text) of every sentence of a WikiText file, headings
+    dropped, in file order; callers filter (e.g. on `<unk>` or length)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: missing (generic text for the stamp's L_s2 term)")
-    sentences = []
+        raise DataError(f"{path}: missing ({what})")
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("="):
             continue
         for sentence in re.split(r"(?<= \.) ", line):
-            words = sentence.split()
-            if "<unk>" in sentence or not min_words <= len(words) <= max_words:
-                continue
             text = " " + sentence.strip() + " "
             for old, new in _DETOKENIZE:
                 text = text.replace(old, new)
-            sentences.append(text.strip().replace(" .", "."))
+            yield sentence, text.strip().replace(" .", ".")
+
+
+def clean_sentences(path: str | Path, *, min_words: int = 6, max_words: int = 25,
+                    what: str = "WikiText-2 text") -> list[str]:
+    """Every sentence of a WikiText file with `min_words`..`max_words` words and no `<unk>`, in
+    file order."""
+    return [text for raw, text in wikitext_sentences(path, what)
+            if "<unk>" not in raw and min_words <= len(raw.split()) <= max_words]
+
+
+def generic_sentences(path: str | Path, n: int, *, seed: int = 0, min_words: int = 6,
+                      max_words: int = 25) -> list[str]:
+    """`n` sentences of WikiText-2 valid text (headings and sentences with <unk> dropped),
+    chosen with `seed`, lightly detokenised."""
+    sentences = clean_sentences(path, min_words=min_words, max_words=max_words,
+                                what="generic text for the stamp's L_s2 term")
     if len(sentences) < n:
         raise DataError(f"{path}: only {len(sentences)} usable sentences, {n} requested")
     return random.Random(seed).sample(sentences, n)

@@ -129,24 +129,10 @@ def _same_case(original: str, word: str) -> str:
 def corpus_sentences(path: str | Path, *, min_words: int = 6, max_words: int = 40) -> list[str]:
     """Every sentence of a WikiText file in file order, as `fast.data.generic_sentences` cuts
     and detokenises them (headings and sentences with <unk> dropped)."""
-    from fairstamp.fast.data import _DETOKENIZE
+    from fairstamp.fast.data import clean_sentences
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing (WikiText-2 valid, the text CDA augments)")
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("="):
-            continue
-        for sentence in re.split(r"(?<= \.) ", line):
-            if "<unk>" in sentence or not min_words <= len(sentence.split()) <= max_words:
-                continue
-            text = " " + sentence.strip() + " "
-            for old, new in _DETOKENIZE:
-                text = text.replace(old, new)
-            out.append(text.strip().replace(" .", "."))
-    return out
+    return clean_sentences(path, min_words=min_words, max_words=max_words,
+                           what="WikiText-2 valid, the text CDA augments")
 
 
 def augment(sentences: Sequence[str], swap: AttributeSwap, *, max_sentences: int,

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from fairstamp.errors import DataError, FairstampError
-from fairstamp.fast.data import _DETOKENIZE, WIKITEXT2_VALID
+from fairstamp.fast.data import WIKITEXT2_VALID
 from fairstamp.methods.base import EditContext, HookEdit, Method
 from fairstamp.models.archspec import get_module
 from fairstamp.utils.hooks import hooks
@@ -49,27 +49,16 @@ ATTRIBUTE_WORDS = Path("bias_bench") / "bias_attribute_words.json"
 
 
 def wikitext_sentences(path: str | Path, *, min_words: int = 5, max_words: int = 60) -> list[str]:
-    """Every sentence of a WikiText-2 file (headings dropped), lightly detokenised, in file order.
+    """Every sentence of a WikiText-2 file (headings dropped), lightly detokenised, in file order,
+    with `min_words`..`max_words` words after detokenising.
 
     Sentences with `<unk>` are kept (as `<unk>`): two thirds of WikiText-2 valid has one, and the
     attribute words are rare enough that dropping them would leave e.g. 16 religion sentences.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing (WikiText-2 valid, the text INLP / SentenceDebias read)")
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("="):
-            continue
-        for sentence in re.split(r"(?<= \.) ", line):
-            text = " " + sentence.strip() + " "
-            for old, new in _DETOKENIZE:
-                text = text.replace(old, new)
-            text = text.strip().replace(" .", ".")
-            if min_words <= len(text.split()) <= max_words:
-                out.append(text)
-    return out
+    from fairstamp.fast.data import wikitext_sentences as read
+
+    return [text for _, text in read(path, "WikiText-2 valid, the text INLP / SentenceDebias read")
+            if min_words <= len(text.split()) <= max_words]
 
 
 def attribute_words(data_root: Path | None, bias_types: Sequence[str]
