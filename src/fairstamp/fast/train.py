@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,14 +51,10 @@ class TrainingDiverged(FairstampError):
 
 
 @dataclass
-class FitConfig:
-    """Knobs of stamp training (recorded in stamp_config.json). Defaults: docs/fast.md."""
+class LoopSettings:
+    """The knobs of the shared training loop (`train_at_layer`): loss weights, batching, checks,
+    early stopping. Defaults: docs/fast.md."""
 
-    width: int = 256
-    activation: str = "gelu"
-    reads: str = "mlp_output"
-    lr: float = 3e-3
-    weight_decay: float = 1e-3
     alpha: float = 1.0
     beta: float = 1.0
     max_steps: int = 200
@@ -76,6 +72,18 @@ class FitConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class FitConfig(LoopSettings):
+    """Knobs of stamp training (recorded in stamp_config.json): the stamp's shape and optimiser,
+    plus the loop's. Defaults: docs/fast.md."""
+
+    width: int = 256
+    activation: str = "gelu"
+    reads: str = "mlp_output"
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
 
 
 @dataclass
@@ -153,25 +161,6 @@ def fit_stamp(
     result = FitResult(stamp=stamp, **{f.name: getattr(run, f.name) for f in fields(TrainRun)})
     stamp.config.training = {**config.to_dict(), **result.summary()}
     return result
-
-
-class LoopSettings(Protocol):
-    """The knobs `train_at_layer` reads (FitConfig and the FT-L config both have them)."""
-
-    alpha: float
-    beta: float
-    max_steps: int
-    min_steps: int
-    batch_pairs: int
-    batch_kl: int
-    check_every: int
-    ss_tolerance: float
-    flat_tolerance: float
-    framings: int
-    kl_top_k: int
-    keep_best: bool
-    reuse_lower: bool
-    seed: int
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fairstamp.errors import FairstampError
-from fairstamp.fast.train import Trainable, train_at_layer
+from fairstamp.fast.train import LoopSettings, Trainable, train_at_layer
 from fairstamp.methods.base import (
     Edit,
     EditContext,
@@ -35,26 +35,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FineTuneConfig:
-    """FT-L's knobs: its optimiser and L∞ constraint, then the shared loop's (as FitConfig)."""
+class FineTuneConfig(LoopSettings):
+    """FT-L's knobs: the shared loop's (as FAST's), its optimiser and L∞ constraint."""
 
     lr: float = 5e-4
     weight_decay: float = 0.0
     norm_constraint: float = 5e-3  # max |W − W0| per entry; 0 or less: unconstrained
-    alpha: float = 1.0
-    beta: float = 1.0
-    max_steps: int = 200
-    min_steps: int = 20
-    batch_pairs: int = 32
-    batch_kl: int = 16
-    check_every: int = 10
-    ss_tolerance: float = 1.0
-    flat_tolerance: float = 0.05
-    framings: int = 2
-    kl_top_k: int = 64
-    keep_best: bool = True
-    reuse_lower: bool = True
-    seed: int = 0
 
 
 class FineTuneMethod(Method):
