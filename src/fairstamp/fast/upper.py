@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fairstamp.models.archspec import ArchSpec, get_module
-from fairstamp.utils.hooks import hidden_arg, hooks, replace_hidden_arg
+from fairstamp.utils.hooks import StopForward, hidden_arg, hooks, replace_hidden_arg
 
 
 @dataclass
@@ -72,7 +72,7 @@ class UpperForward:
 
         def grab(module, args, kwargs):
             captured["h"] = hidden_arg(args, kwargs).detach()
-            raise _Stop
+            raise StopForward
 
         def shape(module, args, output):
             self._tuple_output = isinstance(output, tuple)
@@ -82,7 +82,7 @@ class UpperForward:
             with hooks(self.model, forward=[(first, shape)],
                        pre=[(self.arch.layer_path(self.layer), grab)]):
                 self._call(batch)
-        except _Stop:
+        except StopForward:
             pass
         return captured["h"]
 
@@ -122,6 +122,3 @@ class UpperForward:
             for i, module in enumerate(originals):
                 layers[i] = module
 
-
-class _Stop(Exception):
-    """Ends a capture forward pass once layer l's input is known."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from fairstamp.errors import DataError, FairstampError
-from fairstamp.utils.hooks import hidden_arg, hooks
+from fairstamp.utils.hooks import StopForward, hidden_arg, hooks
 from fairstamp.utils.io import atomic_write_bytes, file_lock, sha256_file
 from fairstamp.utils.progress import progress_bar
 
@@ -104,9 +104,6 @@ def text_chunks(tokenizer: Any, path: str | Path, n_tokens: int, *,
     return chunks
 
 
-class _Stop(Exception):
-    """Ends a statistics pass after the deepest measured layer."""
-
 
 @torch.no_grad()
 def second_moments(loaded: Any, layers: Sequence[int], chunks: Sequence[Sequence[int]], *,
@@ -131,7 +128,7 @@ def second_moments(loaded: Any, layers: Sequence[int], chunks: Sequence[Sequence
             gram = x.T @ x
             sums[layer] = gram if layer not in sums else sums[layer] + gram
             if layer == layers[-1]:
-                raise _Stop
+                raise StopForward
         return hook
 
     pre = [(arch.mlp_out_proj_path(layer), grab(layer)) for layer in layers]
@@ -140,7 +137,7 @@ def second_moments(loaded: Any, layers: Sequence[int], chunks: Sequence[Sequence
         for batch in batches:
             ids, mask, positions = pad_batch(batch, pad)
             state["mask"] = mask.bool().to(device)
-            with contextlib.suppress(_Stop):
+            with contextlib.suppress(StopForward):
                 model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       position_ids=positions.to(device), use_cache=False)
             count += int(mask.sum())

@@ -36,7 +36,7 @@ from fairstamp.errors import DataError, FairstampError
 from fairstamp.fast.data import WIKITEXT2_VALID
 from fairstamp.methods.base import EditContext, HookEdit, Method
 from fairstamp.models.archspec import get_module
-from fairstamp.utils.hooks import hooks
+from fairstamp.utils.hooks import StopForward, hooks
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,6 @@ def counterfactual_groups(sentences: Sequence[str], tuples: list[list[str]], max
 # -- representations ------------------------------------------------------------------------------
 
 
-class _Captured(Exception):
-    """Raised by the capture hook to skip the unembedding once its input has been read."""
-
 
 @torch.no_grad()
 def sentence_representations(loaded: Any, texts: Sequence[str], *, batch_size: int = 32,
@@ -200,7 +197,7 @@ def sentence_representations(loaded: Any, texts: Sequence[str], *, batch_size: i
 
     def capture(module: Any, args: tuple, kwargs: dict) -> None:
         captured.append(args[0] if args else kwargs["input"])
-        raise _Captured
+        raise StopForward
 
     out: list[torch.Tensor | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: (-len(sequences[i]), i))
@@ -210,7 +207,7 @@ def sentence_representations(loaded: Any, texts: Sequence[str], *, batch_size: i
             batch = order[begin : begin + batch_size]
             ids, mask, positions = pad_batch([sequences[i] for i in batch], scorer.pad_token_id)
             captured.clear()
-            with contextlib.suppress(_Captured):
+            with contextlib.suppress(StopForward):
                 model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       position_ids=positions.to(device), use_cache=False)
             if not captured:

@@ -40,7 +40,7 @@ from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.methods.base import EditContext, Method, WeightEdit, module_param_name, snapshot
 from fairstamp.methods.covariance import DEFAULT_N_TOKENS, context_second_moments
 from fairstamp.models.archspec import get_module
-from fairstamp.utils.hooks import first_tensor, hidden_arg, hooks, replace_first
+from fairstamp.utils.hooks import StopForward, first_tensor, hidden_arg, hooks, replace_first
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,6 @@ def _flat(x: torch.Tensor, batch: Batch) -> torch.Tensor:
     return x.reshape(*batch.ids.shape, x.shape[-1])
 
 
-class _Stop(Exception):
-    """Ends a collecting pass after the deepest module read."""
-
 
 @torch.no_grad()
 def collect_at_subjects(loaded: Any, requests: Sequence[EditRequest], *,
@@ -222,13 +219,13 @@ def collect_at_subjects(loaded: Any, requests: Sequence[EditRequest], *,
         def hook(module, args, kwargs):
             got[layer].append(take(hidden_arg(args, kwargs)))
             if layer == deepest and not stop_in_out:
-                raise _Stop
+                raise StopForward
         return hook
 
     def out_hook(module, args, output):
         got["out"].append(take(first_tensor(output)))
         if stop_in_out:
-            raise _Stop
+            raise StopForward
 
     pre = [(arch.mlp_out_proj_path(layer), key_hook(layer)) for layer in key_layers]
     forward = [] if out_layer is None else [(arch.layer_path(out_layer), out_hook)]
@@ -238,7 +235,7 @@ def collect_at_subjects(loaded: Any, requests: Sequence[EditRequest], *,
             batch = Batch.of([seqs[i] for i in part], pad, device)
             state.update(batch=batch, rows=torch.arange(len(part), device=device),
                          cols=torch.tensor([cols[i] for i in part], device=device))
-            with contextlib.suppress(_Stop):
+            with contextlib.suppress(StopForward):
                 model(input_ids=batch.ids, attention_mask=batch.mask,
                       position_ids=batch.positions, use_cache=False)
     index = torch.tensor(owner, device=device)

@@ -61,3 +61,8 @@ def replace_hidden_arg(args: tuple, kwargs: dict, value: Any) -> tuple[tuple, di
 def hidden_arg(args: tuple, kwargs: dict) -> Any:
     """The `hidden_states` a decoder layer was called with."""
     return args[0] if args else kwargs["hidden_states"]
+
+
+class StopForward(Exception):
+    """Raised by a hook that has read what it needed, to end the forward pass early; the caller
+    catches it (`contextlib.suppress(StopForward)`), and `hooks()` still removes every hook."""
