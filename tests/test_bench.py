@@ -65,7 +65,12 @@ def test_registry_lists_builtin_methods_and_rejects_unknown_ones():
         get_method("test_scale", width="3")
     with pytest.raises(FairstampError, match="cannot read 'x' as float"):
         get_method("test_scale", factor="x")
-    assert get_method("fast", width="16", keep_best="false").config.width == 16
+    fast = get_method("fast", width="16", keep_best="false")
+    assert (fast.config.width, fast.config.keep_best) == (16, False)
+    assert get_method("rome", max_items="60").config.max_items == 60
+    assert get_method("rome", max_items="none").config.max_items is None
+    assert get_method("cda", modules="mlp_out,self_attn.o_proj").config.modules == (
+        "mlp_out", "self_attn.o_proj")
     assert parse_options(["rome.v_lr=0.1", "rome.layers=3,4"]) == {
         "rome": {"v_lr": "0.1", "layers": "3,4"}}
     with pytest.raises(FairstampError, match="METHOD.OPTION=VALUE"):

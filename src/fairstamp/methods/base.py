@@ -210,7 +210,16 @@ def _with_overrides(config: Any, overrides: dict[str, Any], method: str) -> Any:
 
 def _coerce(value: Any, current: Any, what: str) -> Any:
     """Turn a command-line string into the type of the option's default."""
-    if not isinstance(value, str) or isinstance(current, str) or current is None:
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    if current is None:  # an optional knob (e.g. max_items): a number, "none", or the text
+        if value.lower() in ("none", "null", ""):
+            return None
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                continue
         return value
     try:
         if isinstance(current, bool):
