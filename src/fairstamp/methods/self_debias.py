@@ -30,7 +30,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from fairstamp.errors import FairstampError
 from fairstamp.methods.base import EditContext, Method, WrapperEdit
-from fairstamp.scoring.scorer import _max_positions
+from fairstamp.scoring.scorer import max_positions
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class SelfDebiasingLM(nn.Module):
             ids[row, keep : keep + n] = head
             ids[row, keep + n : length + n] = input_ids[row, keep:length]
             mask[row, : length + n] = 1
-        limit = _max_positions(base)
+        limit = max_positions(base)
         if limit is not None and int(lengths.max()) + n > limit:
             raise FairstampError(f"a sequence of {int(lengths.max())} tokens plus the {n}-token "
                                  f"debiasing prefix exceeds the model's {limit} positions")

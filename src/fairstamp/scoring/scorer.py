@@ -98,7 +98,7 @@ class Scorer:
         self.prefix_token_id, self.prefix_kind = _prefix_token(tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
-        self.max_length = _max_positions(model)
+        self.max_length = max_positions(model)
 
     @classmethod
     def from_loaded(cls, loaded: Any, **kwargs: Any) -> Scorer:
@@ -313,7 +313,7 @@ def _prefix_token(tokenizer: Any) -> tuple[int | None, str]:
     return None, "none"
 
 
-def _max_positions(model: nn.Module) -> int | None:
+def max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)
