@@ -91,8 +91,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              "| " + " | ".join(ideal) + " |"]
     for row in rows:
         if row["status"] != "done":
-            lines.append(f"| {row['method']} | {row['status']}: {row.get('error', '')} |"
-                         + " |" * (len(headers) - 2))
+            why = row["status"] if row["status"] == "not run" else \
+                f"{row['status']}: {row.get('error', '')}"
+            lines.append(f"| {row['method']} | {why} |" + " |" * (len(headers) - 2))
             continue
         cells = [row["method"], *(_fmt(row[k], d) for k, _, _, d in BIAS_COLUMNS),
                  _fmt(row["downstream"]), _fmt(row["fit_seconds"], 0), _fmt(row["peak_mib"], 0),
