@@ -73,7 +73,7 @@ def test_registry_lists_builtin_methods_and_rejects_unknown_ones():
         "mlp_out", "self_attn.o_proj")
     assert parse_options(["rome.v_lr=0.1", "rome.layers=3,4"]) == {
         "rome": {"v_lr": "0.1", "layers": "3,4"}}
-    with pytest.raises(FairstampError, match="METHOD.OPTION=VALUE"):
+    with pytest.raises(FairstampError, match=r"METHOD\.OPTION=VALUE"):
         parse_options(["v_lr=0.1"])
 
 
