@@ -93,13 +93,39 @@ def test_scores_do_not_depend_on_order_or_batch_neighbours(data, tiny_models, ti
 
 def test_duplicates_are_scored_once_and_returned_everywhere(tiny_models, tiny_tokenizer):
     scorer = Scorer(tiny_models["llama"], tiny_tokenizer)
-    calls = []
-    original = scorer._forward_batch
-    scorer._forward_batch = lambda seqs, starts, dev: calls.append(len(seqs)) or original(
-        seqs, starts, dev)
+    calls = count_forward_rows(scorer)
     out = scorer.score(["A b.", "C d.", "A b."])
     assert sum(calls) == 2
     assert out.total[0] == out.total[2]
+
+
+def count_forward_rows(scorer: Scorer) -> list[int]:
+    calls: list[int] = []
+    original = scorer._forward_batch
+    scorer._forward_batch = lambda inputs, *rest: calls.append(len(inputs)) or original(
+        inputs, *rest)
+    return calls
+
+
+def test_sequences_sharing_a_forward_input_share_one_pass(tiny_models, tiny_tokenizer):
+    """One-token continuations of one prefix (BoolQ's yes/no) and sequences that are prefixes of
+    others need no pass of their own, and score as if run alone."""
+    model = tiny_models["llama"]
+    scorer = Scorer(model, tiny_tokenizer)
+    context = scorer.encode("Is the sky blue? Answer:")
+    longer = scorer.encode("Is the sky blue? Answer: yes it is.")
+    sequences = [[*context, 11], [*context, 12], [*context, 13, 14], context[:4], longer,
+                 longer[:6], scorer.encode("Something else.")]
+    starts = [len(context), len(context), len(context), 1, 3, 2, 1]
+    calls = count_forward_rows(scorer)
+    spans = scorer.token_logprobs(sequences, starts)
+    # [ctx, 11] and [ctx, 12] share ctx, which [ctx, 13, 14]'s input extends; context[:4] and
+    # longer[:6] are prefixes of longer.
+    assert sum(calls) == 3
+    for seq, start, span in zip(sequences, starts, spans):
+        ref = reference_score(model, seq)[start - 1:]
+        assert list(span.token_ids) == list(seq[start:])
+        np.testing.assert_allclose(span.logprobs, ref, atol=1e-4)
 
 
 def test_continuation_logprobs_match_the_difference_of_sentence_scores(tiny_models,

@@ -5,6 +5,12 @@ tokens given a start-of-text token: the tokenizer's BOS where it defines one, el
 lm-evaluation-harness convention), else nothing (then the first token cannot be scored and is left
 out). Batches are sorted by length and right-padded with explicit position ids, so neither the
 tokenizer's padding side nor the other sentences in a batch can change a score.
+
+Scoring `seq[start:]` needs the model's output at positions start-1 .. len-2 only, i.e. one
+forward pass of `seq[:-1]`. Sequences whose forward input is the same as, or a prefix of, another
+one's share that other one's forward pass (a causal model's outputs at a position do not depend on
+what follows): the choices of a multiple-choice item with one-token answers (BoolQ's " yes" /
+" no") cost one pass, not one per choice.
 """
 
 from __future__ import annotations
@@ -215,13 +221,15 @@ class Scorer:
                 )
         results: list[TokenLogprobs | None] = [None] * len(sequences)
         device = next(self.model.parameters()).device
+        inputs, served = shared_inputs(sequences, starts)
+        for i, (seq, start) in enumerate(zip(sequences, starts)):
+            if start == len(seq):  # nothing to score
+                results[i] = _span(seq, start, np.zeros(0), np.zeros(0, bool), np.zeros(0, int))
         with progress_bar(len(sequences), description, self.progress) as advance:
-            for batch in self._batches([len(s) for s in sequences]):
-                out = self._forward_batch([sequences[i] for i in batch],
-                                          [starts[i] for i in batch], device)
-                for i, item in zip(batch, out):
-                    results[i] = item
-                advance(len(batch))
+            for batch in self._batches([len(x) for x in inputs]):
+                requests = [[(i, sequences[i], starts[i]) for i in served[b]] for b in batch]
+                self._forward_batch([inputs[b] for b in batch], requests, device, results)
+                advance(sum(len(r) for r in requests))
         return results  # type: ignore[return-value]
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -241,9 +249,15 @@ class Scorer:
         return batches
 
     def _forward_batch(
-        self, seqs: list[Sequence[int]], starts: list[int], device: torch.device
-    ) -> list[TokenLogprobs]:
-        ids, mask, positions = pad_batch(seqs, self.pad_token_id)
+        self,
+        inputs: list[Sequence[int]],
+        requests: list[list[tuple[int, Sequence[int], int]]],
+        device: torch.device,
+        results: list[TokenLogprobs | None],
+    ) -> None:
+        """One forward pass of `inputs`; row r serves `requests[r]`, each (result index,
+        sequence, start) whose `sequence[:-1]` is a prefix of `inputs[r]`."""
+        ids, mask, positions = pad_batch(inputs, self.pad_token_id)
         logits = self.model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -251,29 +265,60 @@ class Scorer:
             use_cache=False,
         ).logits
         # Only the positions that predict a scored token: (row, position of the previous token).
-        rows = torch.cat([torch.full((len(s) - st,), r) for r, (s, st) in
-                          enumerate(zip(seqs, starts))])
-        cols = torch.cat([torch.arange(st - 1, len(s) - 1) for s, st in zip(seqs, starts)])
-        targets = ids[rows, cols + 1].to(device)
+        flat = [(r, seq, st) for r, group in enumerate(requests) for _, seq, st in group]
+        rows = torch.cat([torch.full((len(s) - st,), r) for r, s, st in flat])
+        cols = torch.cat([torch.arange(st - 1, len(s) - 1) for _, s, st in flat])
+        targets = torch.cat([torch.as_tensor(list(s[st:]), dtype=torch.long)
+                             for _, s, st in flat]).to(device)
         picked = logits[rows.to(device), cols.to(device)].float()
         target_logits = picked.gather(1, targets.unsqueeze(1)).squeeze(1)
         logprobs = (target_logits - torch.logsumexp(picked, dim=-1)).double().cpu().numpy()
         top1 = picked.argmax(dim=-1)
         greedy = (top1 == targets).cpu().numpy()
         top1 = top1.cpu().numpy()
-        out, offset = [], 0
-        for seq, start in zip(seqs, starts):
-            n = len(seq) - start
-            out.append(
-                TokenLogprobs(
-                    token_ids=np.asarray(seq[start:], dtype=np.int64),
-                    logprobs=logprobs[offset : offset + n],
-                    greedy=greedy[offset : offset + n],
-                    top1=top1[offset : offset + n],
-                )
-            )
-            offset += n
-        return out
+        offset = 0
+        for i, seq, start in (request for group in requests for request in group):
+            end = offset + len(seq) - start
+            results[i] = _span(seq, start, logprobs[offset:end], greedy[offset:end],
+                               top1[offset:end])
+            offset = end
+
+
+def _span(seq: Sequence[int], start: int, logprobs, greedy, top1) -> TokenLogprobs:
+    return TokenLogprobs(token_ids=np.asarray(list(seq[start:]), dtype=np.int64),
+                         logprobs=logprobs, greedy=greedy, top1=top1)
+
+
+def shared_inputs(sequences: Sequence[Sequence[int]], starts: Sequence[int]
+                  ) -> tuple[list[tuple[int, ...]], list[list[int]]]:
+    """The forward passes that score every sequence: (inputs, served), where `served[k]` lists the
+    indices of the sequences whose scored tokens `inputs[k]` gives (their `seq[:-1]` equals it or
+    is a prefix of it). Sequences with nothing to score are in no list.
+
+    Sorted, a prefix comes right before the sequences that extend it, and anything sorted between
+    a prefix and one of its extensions extends it too, so comparing neighbours finds each input's
+    longest extension.
+    """
+    keys = [tuple(seq[:-1]) for seq in sequences]
+    distinct = sorted({k for k, seq, st in zip(keys, sequences, starts) if st < len(seq)})
+    owner: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for j in range(len(distinct) - 1, -1, -1):
+        key = distinct[j]
+        after = distinct[j + 1] if j + 1 < len(distinct) else None
+        owner[key] = owner[after] if after is not None and after[: len(key)] == key else key
+    index: dict[tuple[int, ...], int] = {}
+    inputs: list[tuple[int, ...]] = []
+    served: list[list[int]] = []
+    for i, (key, seq, start) in enumerate(zip(keys, sequences, starts)):
+        if start == len(seq):
+            continue
+        root = owner[key]
+        if root not in index:
+            index[root] = len(inputs)
+            inputs.append(root)
+            served.append([])
+        served[index[root]].append(i)
+    return inputs, served
 
 
 def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
