@@ -14,7 +14,6 @@ from safetensors import safe_open
 from conftest import SHARED_DATA
 from fairstamp.data.stereoset import load_stereoset
 from fairstamp.errors import FairstampError
-from fairstamp.fast.upper import UpperForward
 from fairstamp.methods import EditContext, get_method
 from fairstamp.methods.covariance import (
     mlp_key_second_moments,
@@ -32,6 +31,7 @@ from fairstamp.methods.rome import (
 )
 from fairstamp.models.archspec import get_module
 from fairstamp.scoring import Scorer
+from fairstamp.scoring.upper import UpperForward
 from fairstamp.utils.hooks import hidden_arg, hooks
 from test_fast import mean_abs_gap, tiny
 from test_stamp import logits

@@ -193,3 +193,50 @@ def test_long_prefixes_lose_their_oldest_tokens(tiny_models, tiny_tokenizer):
     assert span.total == pytest.approx(ref[-n:].sum(), abs=1e-4)
     with pytest.raises(FairstampError, match="alone exceeds"):
         scorer.continuation_logprobs(["A"], [" word" * 1200])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_at_scored_positions_only_and_replayed_lower_layers_give_the_same_scores(
+        arch, tiny_tokenizer):
+    """With the ArchSpec the unembedding runs only where a token is scored; a LowerLayerCache
+    recorded on the original model and replayed after a stamp is attached at its layer gives the
+    stamped model's scores, and a pass it never recorded runs in full."""
+    from fairstamp.scoring.scorer import LowerLayerCache
+    from fairstamp.stamp import new_stamp
+    from test_stamp import loaded_tiny, randomise
+
+    loaded = loaded_tiny(arch, tiny_tokenizer)
+    model = loaded.model
+    prefixes = ["Is the sky blue? Answer:", "The chess player was", "My mother is a"]
+    conts = [" yes", " no", " hispanic.", " nurse at the hospital."]
+    pairs = [(prefixes[0], conts[0]), (prefixes[0], conts[1]), (prefixes[1], conts[2]),
+             (prefixes[2], conts[3])]
+
+    def spans(scorer):
+        out = scorer.continuation_logprobs([p for p, _ in pairs], [c for _, c in pairs])
+        return np.concatenate([s.logprobs for s in out]), scorer.score(SENTENCES[:12]).total
+
+    plain = spans(Scorer(model, tiny_tokenizer))
+    selected = spans(Scorer(model, tiny_tokenizer, arch=loaded.arch))
+    for a, b in zip(plain, selected):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    cache = LowerLayerCache(model, loaded.arch, 1)
+    recorded = spans(Scorer(model, tiny_tokenizer, arch=loaded.arch, lower_cache=cache))
+    for a, b in zip(plain, recorded):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    stamp = new_stamp(loaded, 1, width=8)
+    randomise(stamp.module)
+    stamp.attach_to(loaded)
+    stamped = spans(Scorer(model, tiny_tokenizer))
+    cache.replay()
+    replayed = spans(Scorer(model, tiny_tokenizer, arch=loaded.arch, lower_cache=cache))
+    assert cache.replayed > 0 and cache.recomputed == 0
+    for a, b, c in zip(stamped, replayed, plain):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert np.abs(a - c).max() > 1e-4  # the stamp changed the scores
+    other = Scorer(model, tiny_tokenizer, arch=loaded.arch, lower_cache=cache).score(
+        ["A sentence never recorded."])
+    assert cache.recomputed == 1
+    np.testing.assert_allclose(other.total, Scorer(model, tiny_tokenizer).score(
+        ["A sentence never recorded."]).total, atol=1e-5)

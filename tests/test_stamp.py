@@ -10,9 +10,9 @@ import torch
 
 from conftest import ARCHS, build_tiny_model
 from fairstamp.errors import FairstampError
-from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.models.archspec import arch_spec_for, get_module
 from fairstamp.models.loader import LoadedModel
+from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.stamp import (
     FairnessStamp,
     Stamp,

@@ -92,12 +92,15 @@ def load_reference(reference: str | Path | None) -> dict[str, Any]:
 def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
              max_batch_tokens: int | None = None,
              reference_predictions: dict[str, Any] | None = None,
-             bias_items: list[BiasItem] | None = None) -> Evaluation:
+             bias_items: list[BiasItem] | None = None,
+             lower_cache: Any = None) -> Evaluation:
     """Run `config.suite` on an already-loaded model (`fairstamp.models.LoadedModel`).
 
     `reference_predictions` (an earlier Evaluation's `predictions`, e.g. of the unedited model)
     takes the place of `config.reference` for RS and known_1000 "kept". `bias_items`, already
-    loaded (e.g. by `fairstamp debias`), take the place of the StereoSet / bias-file items."""
+    loaded (e.g. by `fairstamp debias`), take the place of the StereoSet / bias-file items.
+    `lower_cache` (a `fairstamp.scoring.scorer.LowerLayerCache`) records, or replays, the layers
+    below a stamp."""
     from fairstamp.data.bias_file import load_bias_file
     from fairstamp.data.crows import default_crows_path, load_crows_pairs
     from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
@@ -112,7 +115,8 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
     root = data_root(config)
     reference = (reference_predictions if reference_predictions is not None
                  else load_reference(config.reference))
-    scorer = Scorer.from_loaded(loaded, progress=progress, max_batch_tokens=max_batch_tokens)
+    scorer = Scorer.from_loaded(loaded, progress=progress, max_batch_tokens=max_batch_tokens,
+                                lower_cache=lower_cache)
     data: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     predictions: dict[str, Any] = {}

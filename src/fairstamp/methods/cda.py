@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from fairstamp.errors import DataError, FairstampError
-from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.methods.base import (
     Edit,
     EditContext,
@@ -49,6 +48,7 @@ from fairstamp.methods.base import (
 )
 from fairstamp.models.archspec import get_module
 from fairstamp.scoring import Scorer
+from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.utils.hooks import hooks
 from fairstamp.utils.progress import progress_bar
 

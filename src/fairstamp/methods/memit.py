@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from fairstamp.errors import FairstampError
-from fairstamp.fast.upper import UpperForward
 from fairstamp.methods.base import EditContext, Method, WeightEdit, module_param_name, snapshot
 from fairstamp.methods.covariance import DEFAULT_N_TOKENS, context_second_moments
 from fairstamp.methods.rome import (
@@ -33,6 +32,7 @@ from fairstamp.methods.rome import (
     target_summary,
 )
 from fairstamp.models.archspec import get_module
+from fairstamp.scoring.upper import UpperForward
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)

@@ -36,10 +36,10 @@ from torch import nn
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
 from fairstamp.fast.data import FRAMINGS
-from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.methods.base import EditContext, Method, WeightEdit, module_param_name, snapshot
 from fairstamp.methods.covariance import DEFAULT_N_TOKENS, context_second_moments
 from fairstamp.models.archspec import get_module
+from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.utils.hooks import StopForward, first_tensor, hidden_arg, hooks, replace_first
 from fairstamp.utils.progress import progress_bar
 

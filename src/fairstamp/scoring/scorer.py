@@ -10,7 +10,10 @@ Scoring `seq[start:]` needs the model's output at positions start-1 .. len-2 onl
 forward pass of `seq[:-1]`. Sequences whose forward input is the same as, or a prefix of, another
 one's share that other one's forward pass (a causal model's outputs at a position do not depend on
 what follows): the choices of a multiple-choice item with one-token answers (BoolQ's " yes" /
-" no") cost one pass, not one per choice.
+" no") cost one pass, not one per choice. Given the model's `ArchSpec`, the unembedding runs only
+at the positions that predict a scored token (a multiple-choice context or a perplexity window's
+leading context costs no logits), and a `LowerLayerCache` lets a second evaluation of the same
+text skip the layers below a stamp (`fairstamp debias` evaluates before and after).
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class Scorer:
     """Batched log-probabilities of sentences and continuations under one model.
 
     max_batch_tokens: padded tokens per forward pass (default: what fits 512 MiB of logits).
+    arch:             the model's ArchSpec: logits only at scored positions (`from_loaded` passes
+                      it for a plain transformers model, not for wrappers such as Self-Debias).
+    lower_cache:      a LowerLayerCache to record into or replay from (needs `arch`).
     max_batch_size:   sentences per forward pass.
     progress:         draw a progress bar (None: when stderr is a terminal).
     """
@@ -94,8 +100,16 @@ class Scorer:
         max_batch_tokens: int | None = None,
         max_batch_size: int = 128,
         progress: bool | None = None,
+        arch: Any = None,
+        lower_cache: LowerLayerCache | None = None,
     ) -> None:
+        if lower_cache is not None and arch is None:
+            raise ValueError("a lower-layer cache needs the model's ArchSpec")
         self.model = model
+        self.arch = arch
+        self.lower_cache = lower_cache
+        self._passes = lower_cache or (LowerLayerCache(model, arch, 0) if arch is not None
+                                       else None)
         self.tokenizer = tokenizer
         vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.max_batch_tokens = max_batch_tokens or max(64, _LOGITS_BUDGET_BYTES // (4 * vocab))
@@ -109,6 +123,10 @@ class Scorer:
     @classmethod
     def from_loaded(cls, loaded: Any, **kwargs: Any) -> Scorer:
         """A scorer for a `fairstamp.models.LoadedModel`."""
+        from transformers import PreTrainedModel
+
+        if isinstance(loaded.model, PreTrainedModel):
+            kwargs.setdefault("arch", loaded.arch)
         return cls(loaded.model, loaded.tokenizer, **kwargs)
 
     def describe(self) -> dict[str, Any]:
@@ -258,19 +276,26 @@ class Scorer:
         """One forward pass of `inputs`; row r serves `requests[r]`, each (result index,
         sequence, start) whose `sequence[:-1]` is a prefix of `inputs[r]`."""
         ids, mask, positions = pad_batch(inputs, self.pad_token_id)
-        logits = self.model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=False,
-        ).logits
         # Only the positions that predict a scored token: (row, position of the previous token).
         flat = [(r, seq, st) for r, group in enumerate(requests) for _, seq, st in group]
-        rows = torch.cat([torch.full((len(s) - st,), r) for r, s, st in flat])
-        cols = torch.cat([torch.arange(st - 1, len(s) - 1) for _, s, st in flat])
+        rows = torch.cat([torch.full((len(s) - st,), r) for r, s, st in flat]).to(device)
+        cols = torch.cat([torch.arange(st - 1, len(s) - 1) for _, s, st in flat]).to(device)
         targets = torch.cat([torch.as_tensor(list(s[st:]), dtype=torch.long)
                              for _, s, st in flat]).to(device)
-        picked = logits[rows.to(device), cols.to(device)].float()
+        if self._passes is None:
+            logits = self.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=False,
+            ).logits
+            picked = logits[rows, cols].float()
+        else:
+            from fairstamp.scoring.upper import Batch
+
+            batch = Batch(ids.to(device), mask.to(device), positions.to(device),
+                          [len(x) for x in inputs])
+            picked = self._passes.logits(tuple(inputs), batch, rows, cols).float()
         target_logits = picked.gather(1, targets.unsqueeze(1)).squeeze(1)
         logprobs = (target_logits - torch.logsumexp(picked, dim=-1)).double().cpu().numpy()
         top1 = picked.argmax(dim=-1)
@@ -282,6 +307,51 @@ class Scorer:
             results[i] = _span(seq, start, logprobs[offset:end], greedy[offset:end],
                                top1[offset:end])
             offset = end
+
+
+class LowerLayerCache:
+    """The hidden states entering layer `layer`, per forward pass, recorded while one scorer runs
+    and replayed by another that scores the same text on a model whose layers below `layer` are
+    the same (a stamp at `layer`): those layers are then skipped. `replay()` switches from
+    recording to replaying; a pass not recorded runs in full. Recording stops (with a log line)
+    once `max_bytes` are held."""
+
+    def __init__(self, model: nn.Module, arch: Any, layer: int, *, max_bytes: int = 2 << 30):
+        from fairstamp.scoring.upper import UpperForward
+
+        self.upper = UpperForward(model, arch, layer)
+        self.layer, self.max_bytes = layer, max_bytes
+        self.states: dict[tuple, torch.Tensor] = {}
+        self.bytes = 0
+        self.replaying = False
+        self.replayed = self.recomputed = 0
+
+    def replay(self) -> LowerLayerCache:
+        self.replaying = True
+        return self
+
+    def logits(self, key: tuple, batch: Any, rows: torch.Tensor, cols: torch.Tensor
+               ) -> torch.Tensor:
+        """Logits at (rows, cols) of this batch, recording or replaying its lower layers."""
+        if self.layer == 0:
+            return self.upper.logits(batch, None, rows, cols)
+        if self.replaying:
+            hidden = self.states.get(key)
+            if hidden is not None:
+                self.replayed += 1
+                return self.upper.logits(batch, hidden, rows, cols)
+            self.recomputed += 1
+            return self.upper.logits(batch, None, rows, cols)
+        logits, hidden = self.upper.logits_and_states(batch, rows, cols)
+        size = hidden.numel() * hidden.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.states[key] = hidden
+            self.bytes += size
+        elif self.bytes <= self.max_bytes:
+            log.info("lower-layer cache full (%d MiB): later passes will run in full",
+                     self.bytes >> 20)
+            self.bytes = self.max_bytes + 1
+        return logits
 
 
 def _span(seq: Sequence[int], start: int, logprobs, greedy, top1) -> TokenLogprobs:

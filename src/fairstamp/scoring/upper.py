@@ -86,6 +86,26 @@ class UpperForward:
             pass
         return captured["h"]
 
+    def logits_and_states(self, batch: Batch, rows: torch.Tensor, cols: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, vocab] at (rows[i], cols[i]) by the full forward pass, and the hidden
+        states entering layer `layer` on the way (what `capture` returns)."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(module, args, kwargs):
+            captured["h"] = hidden_arg(args, kwargs).detach().clone()
+
+        def shape(module, args, output):
+            self._tuple_output = isinstance(output, tuple)
+
+        def select(module, args, kwargs):
+            return replace_hidden_arg(args, kwargs, hidden_arg(args, kwargs)[rows, cols])
+
+        with hooks(self.model, forward=[(self.arch.layer_path(0), shape)],
+                   pre=[(self.arch.layer_path(self.layer), grab), (self.arch.unembed, select)]):
+            logits = self._call(batch).logits
+        return logits, captured["h"]
+
     def logits(self, batch: Batch, hidden: torch.Tensor | None, rows: torch.Tensor,
                cols: torch.Tensor) -> torch.Tensor:
         """Logits [N, vocab] at (rows[i], cols[i]); from the cached `hidden` (the output of
