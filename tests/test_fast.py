@@ -12,8 +12,8 @@ import torch
 from conftest import SHARED_DATA, build_tiny_model
 from fairstamp.cli.main import main
 from fairstamp.data.stereoset import load_stereoset
-from fairstamp.errors import FairstampError
-from fairstamp.fast.data import framed_pairs, generic_sentences, neutral_sentences
+from fairstamp.errors import DataError, FairstampError
+from fairstamp.fast.data import framed_pairs, generic_passages, generic_sentences, neutral_sentences
 from fairstamp.fast.train import FitConfig, TrainingDiverged, fit_stamp
 from fairstamp.models.archspec import arch_spec_for
 from fairstamp.models.loader import LoadedModel
@@ -139,6 +139,33 @@ def test_training_data_helpers(items):
     generic = generic_sentences(GENERIC, 20, seed=3)
     assert generic == generic_sentences(GENERIC, 20, seed=3) != generic_sentences(GENERIC, 20)
     assert all("<unk>" not in s and " , " not in s for s in generic)
+    passages = generic_passages(GENERIC, 10, words=120, seed=3)
+    assert passages == generic_passages(GENERIC, 10, words=120, seed=3)
+    assert passages != generic_passages(GENERIC, 10, words=120)
+    assert len(set(passages)) == 10
+    assert all(len(p.split()) >= 120 and "<unk>" not in p for p in passages)
+    with pytest.raises(DataError, match="passages"):
+        generic_passages(GENERIC, 10**6)
+
+
+def test_long_generic_texts_are_trained_on_in_their_own_batches(tiny_tokenizer, items):
+    """L_s2 over generic sentences and passages (batched apart from the short sentences): both KL
+    terms are computed, passages are drawn, and the run is reproducible."""
+    passages = generic_passages(GENERIC, 3, words=60)
+    config = FitConfig(width=16, max_steps=4, check_every=2, batch_pairs=4, batch_kl=2,
+                       batch_passages=1, framings=0, lr=1e-2, min_steps=100)
+    runs = []
+    for _ in range(2):
+        loaded = tiny(tiny_tokenizer)
+        result = fit_stamp(loaded, items[:4], 1, retention_sentences=["Christians celebrate "
+                           "Easter.", "Nurses care for patients."],
+                           generic_sentences=["The river flows north."],
+                           generic_passages=passages,
+                           config=config, progress=False)
+        runs.append(result)
+    assert all(h["l_s1"] > 0 and h["l_s2"] > 0 for h in runs[0].history)
+    assert runs[0].history == [{**h, "seconds": runs[0].history[i]["seconds"]}
+                               for i, h in enumerate(runs[1].history)]
 
 
 def run_cli(args) -> int:

@@ -52,7 +52,9 @@ class BenchConfig:
     held_out_fraction: float = 0.2
     seed: int = 0
     layer: int | None = None  # None: FAST's default rule (two thirds of the depth)
-    n_generic: int = 200
+    n_generic: int = 200  # generic sentences (L_s2)
+    n_passages: int = 32  # generic passages (L_s2)
+    passage_words: int = 300
     suite: str = "all"
     general_limits: dict[str, int] = field(default_factory=dict)
     n_resamples: int = 1000
@@ -183,7 +185,8 @@ def context_for(config: BenchConfig, loaded: Any, progress: bool | None = None):
         loaded=loaded, items=setup.edit,
         bias_types=config.bias_types or sorted({i.bias_type for i in setup.items}),
         layer=layer, retention_sentences=setup.retention_sentences,
-        generic_sentences=setup.generic_sentences, data_root=setup.data_root,
+        generic_sentences=setup.generic_sentences, generic_passages=setup.generic_passages,
+        data_root=setup.data_root,
         cache_dir=Path(config.cache_dir) if config.cache_dir else None, seed=config.seed,
         progress=progress)
     return context, setup

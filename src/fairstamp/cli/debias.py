@@ -12,7 +12,8 @@ from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOp
 #: `--quick`: general-ability subsets small enough for a few minutes on a laptop CPU.
 QUICK_GENERAL_LIMITS = {"wikitext2": 4096, "known_1000": 200, "boolq": 50, "copa": 50,
                         "winogrande": 50, "piqa": 50, "arc_easy": 50}
-QUICK_TRACE_ITEMS = 12
+QUICK_TRACE_ITEMS = 6
+QUICK_TRACE_SAMPLES = 3
 QUICK_MAX_STEPS = 100
 
 
@@ -36,6 +37,8 @@ def debias_command(
     = "two-thirds",
     trace_items: Annotated[int, typer.Option(min=1, help="Edited items traced to locate the "
                                              "layer.")] = 40,
+    trace_samples: Annotated[int, typer.Option(min=1, help="Noise samples per traced item.")]
+    = 5,
     width: Annotated[int, typer.Option(min=1, help="Hidden width of the stamp.")] = 256,
     reads: Annotated[str, typer.Option(help="What the stamp reads: mlp_output or mlp_input.")]
     = "mlp_output",
@@ -52,8 +55,9 @@ def debias_command(
     suite: Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | "
                                        "stereoset.")] = "all",
     quick: Annotated[bool, typer.Option(
-        "--quick", help="Small general-ability subsets, at most 12 traced items and 100 "
-        "training steps (the README's quick start on a CPU).")] = False,
+        "--quick", help=f"Small general-ability subsets, at most {QUICK_TRACE_ITEMS} traced "
+        f"items with {QUICK_TRACE_SAMPLES} noise samples, at most {QUICK_MAX_STEPS} training "
+        "steps (the README's quick start on a CPU).")] = False,
     general_limits: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Subset sizes of the general suite, as in `fairstamp eval`.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, tracing, training and "
@@ -87,6 +91,7 @@ def debias_command(
     limits = dict(QUICK_GENERAL_LIMITS) if quick else {}
     if quick:
         trace_items = min(trace_items, QUICK_TRACE_ITEMS)
+        trace_samples = min(trace_samples, QUICK_TRACE_SAMPLES)
         max_steps = min(max_steps, QUICK_MAX_STEPS)
     limits.update(parse_limits(general_limits))
     try:
@@ -96,7 +101,8 @@ def debias_command(
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,
-                              layer_rule=layer_rule, trace_items=trace_items, suite=suite,
+                              layer_rule=layer_rule, trace_items=trace_items,
+                              trace_samples=trace_samples, suite=suite,
                               general_limits=limits, n_resamples=bootstrap,
                               data_dir=str(data_dir) if data_dir else None,
                               allow_crows_training=allow_crows_training, fit=fit)

@@ -8,7 +8,10 @@
   edited target without any attribute, so the stamp keeps the groups themselves intact.
 - **Retention items** (part of L_s1): a fixed, hash-chosen half of the project's retention set;
   the other half is never trained on, and RS is reported on it separately.
-- **Generic text** (L_s2): sentences from WikiText-2 *valid* (the perplexity metric reads *test*).
+- **Generic text** (L_s2): sentences and passages of a few hundred words of WikiText-2 *valid*
+  (the perplexity metric reads *test*). The passages because a stamp trained against short
+  sentences only kept the model's next-token distributions at the first ~256 positions and
+  drifted further out (docs/fast.md, "Perplexity").
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fairstamp.data.items import BiasItem, RetentionItem
@@ -113,12 +117,45 @@ def generic_sentences(path: str | Path, n: int, *, seed: int = 0, min_words: int
     return random.Random(seed).sample(sentences, n)
 
 
+def generic_passages(path: str | Path, n: int, *, words: int = 300, seed: int = 0) -> list[str]:
+    """`n` passages of WikiText-2 valid text, chosen with `seed`: runs of consecutive sentences
+    (headings and sentences with <unk> dropped, lightly detokenised) of at least `words` words,
+    cut one after the other from the file, so no two passages overlap."""
+    if words < 1:
+        raise ValueError(f"words must be at least 1, got {words}")
+    passages: list[str] = []
+    current: list[str] = []
+    count = 0
+    for raw, text in wikitext_sentences(path, "generic text for the stamp's L_s2 term"):
+        if "<unk>" in raw:
+            continue
+        current.append(text)
+        count += len(text.split())
+        if count >= words:
+            passages.append(" ".join(current))
+            current, count = [], 0
+    if len(passages) < n:
+        raise DataError(f"{path}: only {len(passages)} passages of {words} words, {n} requested")
+    return random.Random(seed).sample(passages, n)
+
+
+@dataclass
+class TrainingText:
+    """What the stamp's KL terms read: retention sentences (L_s1), generic sentences and passages
+    (L_s2), and the retention items the sentences came from."""
+
+    retention_sentences: list[str]
+    generic_sentences: list[str]
+    generic_passages: list[str]
+    retention_trained: list[RetentionItem]
+
+
 def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
-                  data_dir: str | Path | None = None, n_generic: int = 200
-                  ) -> tuple[list[str], list[str], list[RetentionItem]]:
-    """The stamp's retention text: (retention sentences for L_s1, generic sentences for L_s2, the
-    retention items they came from). `data_dir` is the public data folder (default:
-    $FAIRSTAMP_DATA or ../shared/data)."""
+                  data_dir: str | Path | None = None, n_generic: int = 200,
+                  n_passages: int = 32, passage_words: int = 300) -> TrainingText:
+    """The stamp's retention text: a fixed half of the retention items of `bias_types`,
+    `n_generic` WikiText-2 valid sentences and `n_passages` passages of `passage_words` words.
+    `data_dir` is the public data folder (default: $FAIRSTAMP_DATA or ../shared/data)."""
     from fairstamp.data.retention import load_retention
     from fairstamp.evaluation.config import EvalConfig
     from fairstamp.evaluation.suite import data_root
@@ -131,5 +168,8 @@ def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
     if root is None:
         raise DataError("the stamp's generic text (WikiText-2 valid) needs the public data "
                         "folder: pass data_dir / --data-dir or set $FAIRSTAMP_DATA")
-    generic = generic_sentences(root / WIKITEXT2_VALID, n_generic, seed=seed)
-    return [s for r in trained for s in (r.true, r.false)], generic, trained
+    path = root / WIKITEXT2_VALID
+    passages = generic_passages(path, n_passages, words=passage_words, seed=seed) \
+        if n_passages else []
+    return TrainingText([s for r in trained for s in (r.true, r.false)],
+                        generic_sentences(path, n_generic, seed=seed), passages, trained)

@@ -26,6 +26,7 @@ from fairstamp.errors import DataError, FairstampError
 from fairstamp.evaluation.config import EvalConfig
 from fairstamp.evaluation.suite import Evaluation, data_root, evaluate
 from fairstamp.fast.train import FitConfig, FitResult, fit_stamp
+from fairstamp.scoring.scorer import LowerLayerCache
 from fairstamp.utils.io import atomic_write_json, atomic_write_text, staging_dir
 from fairstamp.utils.repro import library_versions, seed_everything
 
@@ -55,12 +56,15 @@ class DebiasConfig:
     layer_rule: str = DEFAULT_LAYER_RULE
     trace_items: int = 40
     trace_samples: int = 5
-    n_generic: int = 200
+    n_generic: int = 200  # generic sentences (L_s2)
+    n_passages: int = 32  # generic passages (L_s2)
+    passage_words: int = 300
     suite: str = "all"
     general_limits: dict[str, int] = field(default_factory=dict)
     n_resamples: int = 1000
     data_dir: str | None = None
     allow_crows_training: bool = False
+    reuse_lower: bool = True  # the after-evaluation replays the layers below the stamp
     fit: FitConfig = field(default_factory=FitConfig)
 
     def __post_init__(self) -> None:
@@ -126,6 +130,7 @@ class EditSetup:
     held_out: list[BiasItem]
     retention_sentences: list[str]
     generic_sentences: list[str]
+    generic_passages: list[str]
     retention_trained: list[Any]
     data_root: Path
     eval_config: EvalConfig
@@ -134,7 +139,7 @@ class EditSetup:
 def prepare_edit(config: Any) -> EditSetup:
     """Load and split the bias items and the training text named by `config` (a DebiasConfig or
     anything with the same fields: model, data, bias_types, limit, held_out_fraction, seed,
-    data_dir, n_generic, suite, general_limits, n_resamples)."""
+    data_dir, n_generic, n_passages, passage_words, suite, general_limits, n_resamples)."""
     from fairstamp.data.bias_sets import load_bias_set
     from fairstamp.data.splits import split_by_target
     from fairstamp.fast.data import training_text
@@ -151,8 +156,10 @@ def prepare_edit(config: Any) -> EditSetup:
         raise DataError("no items on the edit side of the split; lower --held-out-fraction")
     log.info("%d bias items: %d to edit, %d on held-out targets", len(items), len(edit),
              len(held_out))
-    retention_text, generic, trained_retention = training_text(
-        config.bias_types, seed=config.seed, data_dir=root, n_generic=config.n_generic)
+    text = training_text(config.bias_types, seed=config.seed, data_dir=root,
+                         n_generic=config.n_generic, n_passages=config.n_passages,
+                         passage_words=config.passage_words)
+    trained_retention = text.retention_trained
     eval_config = EvalConfig(
         model=config.model, suite=config.suite, bias_types=config.bias_types,
         seed=config.seed, n_resamples=config.n_resamples,
@@ -160,7 +167,9 @@ def prepare_edit(config: Any) -> EditSetup:
         general_limits=dict(config.general_limits), edited_ids=[i.id for i in edit],
         retention_trained_ids=[r.id for r in trained_retention])
     return EditSetup(items=items, edit=edit, held_out=held_out,
-                     retention_sentences=retention_text, generic_sentences=generic,
+                     retention_sentences=text.retention_sentences,
+                     generic_sentences=text.generic_sentences,
+                     generic_passages=text.generic_passages,
                      retention_trained=trained_retention, data_root=Path(root),
                      eval_config=eval_config)
 
@@ -195,20 +204,29 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     eval_config = setup.eval_config
     retention_text, generic = setup.retention_sentences, setup.generic_sentences
     trained_retention = setup.retention_trained
+    # The stamp sits in layer `layer`: the layers below it compute the same before and after, so
+    # the second evaluation replays what the first recorded there.
+    lower = LowerLayerCache(loaded.model, loaded.arch, layer) if config.reuse_lower else None
     clock = time.perf_counter()
     before = evaluate(loaded, eval_config, progress=progress, bias_items=items,
-                      max_batch_tokens=max_batch_tokens)
+                      max_batch_tokens=max_batch_tokens, lower_cache=lower)
     seconds["evaluate_before"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     fit = fit_stamp(loaded, edit, layer, retention_sentences=retention_text,
-                    generic_sentences=generic, config=config.fit, progress=progress)
+                    generic_sentences=generic, generic_passages=setup.generic_passages,
+                    config=config.fit, progress=progress)
     seconds["fit"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     after = evaluate(loaded, eval_config, progress=progress, bias_items=items,
-                     reference_predictions=before.predictions, max_batch_tokens=max_batch_tokens)
+                     reference_predictions=before.predictions, max_batch_tokens=max_batch_tokens,
+                     lower_cache=lower.replay() if lower is not None else None)
     seconds["evaluate_after"] = time.perf_counter() - clock
+    if lower is not None:
+        log.info("after-evaluation: %d forward passes replayed layers 0..%d from the first "
+                 "evaluation, %d ran in full", lower.replayed, layer - 1, lower.recomputed)
+        lower.states.clear()
     return DebiasResult(config=config, fit=fit, layer=layer, edited=edit,
                         retention_trained=[r.id for r in trained_retention], before=before,
                         after=after, trace=trace, seconds=seconds)

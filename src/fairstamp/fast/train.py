@@ -8,10 +8,14 @@ projection. Everything below is shared by both.
   per-token mean log-probability exactly as the Scorer computes it (so the batch SS watched for
   early stopping is the SS that `eval` reports on these items).
 - L_s1 (knowledge of the same groups) and L_s2 (general text): KL(original ‖ stamped) of the
-  next-token distributions at every position. The original distributions never change, so they are
-  computed once; each keeps its `kl_top_k` most likely tokens plus one bucket for the rest (the KL
-  of that coarsened distribution, a lower bound of the full KL that equals it when the rest is
-  negligible), which makes them small enough to hold for thousands of positions.
+  next-token distributions at every position. Each step draws `batch_kl` short sentences (group
+  sentences for L_s1 and generic sentences for L_s2, mixed) and `batch_passages` generic passages
+  of a few hundred words (batched apart); L_s2 is the mean of the generic sentences' KL and the
+  passages' KL, so short and long contexts weigh the same. The original distributions never
+  change, so they are computed once; each keeps its `kl_top_k` most likely tokens plus one
+  bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
+  equals it when the rest is negligible), which makes them small enough to hold for thousands
+  of positions.
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
 
@@ -37,8 +41,8 @@ import torch
 
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
-from fairstamp.fast.upper import Batch, UpperForward
 from fairstamp.scoring import Scorer
+from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.stamp.artefact import Stamp, new_stamp
 from fairstamp.stamp.module import detach
 from fairstamp.utils.progress import progress_bar
@@ -61,6 +65,7 @@ class LoopSettings:
     min_steps: int = 20
     batch_pairs: int = 32
     batch_kl: int = 16
+    batch_passages: int = 1
     check_every: int = 10
     ss_tolerance: float = 1.0
     flat_tolerance: float = 0.05
@@ -120,6 +125,33 @@ class _Sentences:
     hidden: list[torch.Tensor] | None = None
 
 
+@dataclass
+class _KLSet:
+    """Sentences of one KL term, their cached targets and their draw order."""
+
+    sents: _Sentences
+    batch: int
+    generic: torch.Tensor  # per sentence: counts toward L_s2 (else L_s1)
+    targets: dict[str, Any] | None = None
+    order: _Cycler | None = None
+    chosen: list[int] = field(default_factory=list)
+
+
+def _fit(scorer: Scorer, text: str) -> list[int]:
+    """A KL text's token ids, cut to the model's context length."""
+    ids = scorer.encode(text)
+    return ids[: scorer.max_length] if scorer.max_length else ids
+
+
+#: Logits per forward pass while capturing, computing KL targets and checking SS (bytes).
+_LOGITS_BUDGET_BYTES = 1 << 28
+
+
+def _position_budget(model) -> int:
+    vocab = int(getattr(model.config, "vocab_size", 0) or 32000)
+    return max(64, _LOGITS_BUDGET_BYTES // (4 * vocab))
+
+
 def fit_stamp(
     loaded: Any,
     items: Sequence[BiasItem],
@@ -127,15 +159,23 @@ def fit_stamp(
     *,
     retention_sentences: Sequence[str] = (),
     generic_sentences: Sequence[str] = (),
+    generic_passages: Sequence[str] = (),
+    text: Any = None,
     config: FitConfig | None = None,
     progress: bool | None = None,
 ) -> FitResult:
     """Train one stamp at `layer` on `items` (batch editing); it stays attached to the model.
 
+    The KL terms read `retention_sentences` (L_s1), `generic_sentences` and `generic_passages`
+    (L_s2), or all three from `text` (a `fairstamp.fast.data.TrainingText`).
+
     Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
     must preserve: that is sequential editing by stacking.
     """
     config = config or FitConfig()
+    if text is not None:
+        retention_sentences, generic_sentences, generic_passages = (
+            text.retention_sentences, text.generic_sentences, text.generic_passages)
     holder: dict[str, Stamp] = {}
 
     def make() -> Trainable:
@@ -155,7 +195,8 @@ def fit_stamp(
                          what=f"a width-{config.width} stamp", kept="stamp")
 
     run = train_at_layer(loaded, items, layer, make, retention_sentences=retention_sentences,
-                         generic_sentences=generic_sentences, config=config, progress=progress)
+                         generic_sentences=generic_sentences, generic_passages=generic_passages,
+                         config=config, progress=progress)
     stamp = holder["stamp"]
     stamp.module.eval()
     result = FitResult(stamp=stamp, **{f.name: getattr(run, f.name) for f in fields(TrainRun)})
@@ -186,6 +227,7 @@ def train_at_layer(
     *,
     retention_sentences: Sequence[str] = (),
     generic_sentences: Sequence[str] = (),
+    generic_passages: Sequence[str] = (),
     config: LoopSettings,
     progress: bool | None = None,
 ) -> TrainRun:
@@ -214,17 +256,24 @@ def train_at_layer(
     pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
     n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
     group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
-    kl_texts = [*group_texts, *generic_sentences]
-    kl_is_generic = torch.tensor([False] * len(group_texts) + [True] * len(generic_sentences))
     for ids in [*(s for p in pair_ids for s in p)]:
         if len(ids) < 2:
             raise FairstampError("a bias sentence has no tokens to score")
     pair_sents = _Sentences([s for p in pair_ids for s in p])  # 2i: stereo, 2i+1: anti
-    kl_sents = _Sentences([scorer.encode(t) for t in kl_texts])
+    short_texts = [*group_texts, *generic_sentences]
+    kl_sets = [
+        _KLSet(_Sentences([_fit(scorer, t) for t in short_texts]), config.batch_kl,
+               generic=torch.tensor([False] * len(group_texts) + [True] * len(generic_sentences))),
+        _KLSet(_Sentences([_fit(scorer, t) for t in generic_passages]), config.batch_passages,
+               generic=torch.ones(len(generic_passages), dtype=torch.bool)),
+    ]
+    budget = _position_budget(model)
     if config.reuse_lower:
-        for sents in (pair_sents, kl_sents):
-            sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device)
-    targets = _kl_targets(upper, kl_sents, config.kl_top_k, scorer.pad_token_id, device)
+        for sents in (pair_sents, *(k.sents for k in kl_sets)):
+            sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
+    for kl_set in kl_sets:
+        kl_set.targets = _kl_targets(upper, kl_set.sents, config.kl_top_k, scorer.pad_token_id,
+                                     device, budget)
 
     trainable = make()
     params, optimizer = trainable.params, trainable.optimizer
@@ -234,19 +283,22 @@ def train_at_layer(
             p.requires_grad_(True)
         result = TrainRun(setup_seconds=time.perf_counter() - setup_start)
         log.info("training %s at layer %d on %d items (%d pairs with framings), %d "
-                 "retention/group and %d generic sentences", trainable.what, layer, len(items),
-                 len(pairs), len(group_texts), len(generic_sentences))
+                 "retention/group sentences, %d generic sentences and %d passages",
+                 trainable.what, layer, len(items), len(pairs), len(group_texts),
+                 len(generic_sentences), len(generic_passages))
         pair_order = _Cycler(len(pairs), generator)
-        kl_order = _Cycler(len(kl_texts), generator) if kl_texts else None
+        for kl_set in kl_sets:
+            kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
         start = time.perf_counter()
         le_history: list[float] = []
         best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
         with progress_bar(config.max_steps, trainable.description, progress) as advance:
             for step in range(1, config.max_steps + 1):
                 chosen = pair_order.take(config.batch_pairs)
-                kl_chosen = kl_order.take(config.batch_kl) if kl_order else []
-                loss, terms = _loss(upper, pair_sents, kl_sents, chosen, kl_chosen, targets,
-                                    kl_is_generic, config, scorer.pad_token_id, device)
+                for kl_set in kl_sets:
+                    kl_set.chosen = kl_set.order.take(kl_set.batch) if kl_set.order else []
+                loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
+                                    scorer.pad_token_id, device)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
@@ -260,7 +312,8 @@ def train_at_layer(
                 result.steps = step
                 status = None
                 if step % config.check_every == 0 or step == config.max_steps:
-                    ss, le = _edited_ss(upper, pair_sents, n_plain, scorer.pad_token_id, device)
+                    ss, le = _edited_ss(upper, pair_sents, n_plain, scorer.pad_token_id, device,
+                                        budget)
                     record = {"step": step, "ss": ss, "l_e_all": le, **terms,
                               "seconds": time.perf_counter() - start}
                     result.history.append(record)
@@ -316,14 +369,27 @@ class _Cycler:
         return out
 
 
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+def _chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive indices grouped so that each group's padded size stays within `budget`
+    positions (a longer sentence goes alone)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i, n in enumerate(lengths):
+        if current and (len(current) + 1) * max(width, n) > budget:
+            out.append(current)
+            current, width = [], 0
+        current.append(i)
+        width = max(width, n)
+    if current:
+        out.append(current)
+    return out
 
 
 def _capture(upper: UpperForward, ids: list[list[int]], pad: int, device,
-             chunk: int = 64) -> list[torch.Tensor]:
+             budget: int) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
-    for rows in _chunks(len(ids), chunk):
+    for rows in _chunks([len(x) for x in ids], 4 * budget):
         batch = Batch.of([ids[i] for i in rows], pad, device)
         hidden = upper.capture(batch)
         out.extend(hidden[r, : batch.lengths[r]].clone() for r in range(len(rows)))
@@ -367,13 +433,13 @@ def _sentence_means(token: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Te
 
 
 @torch.no_grad()
-def _kl_targets(upper, sents: _Sentences, k: int, pad, device, chunk: int = 32):
+def _kl_targets(upper, sents: _Sentences, k: int, pad, device, budget: int):
     """Top-k log-probs of the original model at every KL position, plus the rest's log-mass."""
     if not sents.ids:
         return None
     idx, lp, rest = [], [], []
-    for rows in _chunks(len(sents.ids), chunk):
-        _, _, logprobs = _token_logprobs(upper, sents.ids, sents.hidden, list(rows), pad, device)
+    for rows in _chunks([len(x) for x in sents.ids], budget):
+        _, _, logprobs = _token_logprobs(upper, sents.ids, sents.hidden, rows, pad, device)
         top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
         idx.append(top.indices)
         lp.append(top.values)
@@ -412,36 +478,49 @@ def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
     return (p * (lp - q)).sum(-1) + rest.exp() * (rest - q_rest)
 
 
-def _loss(upper, pairs: _Sentences, kl_sents: _Sentences, chosen, kl_chosen, targets,
-          kl_is_generic, config: LoopSettings, pad, device):
+def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: LoopSettings,
+          pad, device):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     token, rows, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
     means = _sentence_means(token, rows, len(sent_rows))
     l_e = (means[0::2] - means[1::2]).abs().mean()
+    group: list[torch.Tensor] = []
+    generic: list[torch.Tensor] = []
+    for kl_set in kl_sets:
+        if not kl_set.chosen:
+            continue
+        per_position, is_generic = _kl_positions(upper, kl_set, pad, device)
+        if (~is_generic).any():
+            group.append(per_position[~is_generic].mean())
+        if is_generic.any():
+            generic.append(per_position[is_generic].mean())
     zero = l_e.new_zeros(())
-    l_s1, l_s2 = zero, zero
-    if kl_chosen:
-        _, krows, logprobs = _token_logprobs(upper, kl_sents.ids, kl_sents.hidden, kl_chosen,
-                                             pad, device)
-        idx, lp, rest = _target_rows(targets, kl_chosen, kl_sents.ids)
-        per_position = _kl(logprobs, idx.to(device), lp.to(device), rest.to(device))
-        generic = kl_is_generic[kl_chosen].to(device)[krows]
-        if (~generic).any():
-            l_s1 = per_position[~generic].mean()
-        if generic.any():
-            l_s2 = per_position[generic].mean()
+    l_s1 = torch.stack(group).mean() if group else zero
+    l_s2 = torch.stack(generic).mean() if generic else zero
     loss = l_e + config.alpha * l_s1 + config.beta * l_s2
     terms = {"loss": float(loss.detach()), "l_e": float(l_e.detach()),
              "l_s1": float(l_s1.detach()), "l_s2": float(l_s2.detach())}
     return loss, terms
 
 
+def _kl_positions(upper, kl_set: _KLSet, pad, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(original ‖ stamped) at every position of the set's chosen sentences, and whether each
+    position belongs to a generic text."""
+    sents = kl_set.sents
+    _, rows, logprobs = _token_logprobs(upper, sents.ids, sents.hidden, kl_set.chosen, pad,
+                                        device)
+    idx, lp, rest = _target_rows(kl_set.targets, kl_set.chosen, sents.ids)
+    per_position = _kl(logprobs, idx.to(device), lp.to(device), rest.to(device))
+    return per_position, kl_set.generic[kl_set.chosen].to(device)[rows]
+
+
 @torch.no_grad()
 def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
-               chunk: int = 64) -> tuple[float, float]:
+               budget: int) -> tuple[float, float]:
     """SS (%) and mean |gap| of the edited items themselves (no framings), as evaluated."""
     gaps = []
-    for rows in _chunks(n_items, chunk):
+    lengths = [max(len(pairs.ids[2 * i]), len(pairs.ids[2 * i + 1])) * 2 for i in range(n_items)]
+    for rows in _chunks(lengths, budget):
         sent_rows = [j for i in rows for j in (2 * i, 2 * i + 1)]
         token, r, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
         means = _sentence_means(token, r, len(sent_rows))

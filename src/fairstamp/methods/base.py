@@ -48,6 +48,7 @@ class EditContext:
     layer: int  # the layer single-layer methods edit (FAST's layer rule, or the user's)
     retention_sentences: list[str] = field(default_factory=list)  # L_s1 text (trained half)
     generic_sentences: list[str] = field(default_factory=list)  # WikiText-2 valid sentences
+    generic_passages: list[str] = field(default_factory=list)  # WikiText-2 valid passages
     data_root: Path | None = None  # the public data folder (shared/data layout)
     cache_dir: Path | None = None  # where reusable statistics go (e.g. ROME's key covariance)
     seed: int = 0

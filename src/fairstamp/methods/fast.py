@@ -45,6 +45,7 @@ class FastMethod(Method):
         result = fit_stamp(context.loaded, context.items, context.layer,
                            retention_sentences=context.retention_sentences,
                            generic_sentences=context.generic_sentences,
+                           generic_passages=context.generic_passages,
                            config=_seeded(self.config, context.seed), progress=context.progress)
         return StampEdit(result)
 

@@ -83,7 +83,8 @@ class FineTuneMethod(Method):
 
         run = train_at_layer(loaded, context.items, layer, make,
                              retention_sentences=context.retention_sentences,
-                             generic_sentences=context.generic_sentences, config=config,
+                             generic_sentences=context.generic_sentences,
+                             generic_passages=context.generic_passages, config=config,
                              progress=context.progress)
         with torch.no_grad():
             delta = (weight.detach() - w0).abs().max().item()
