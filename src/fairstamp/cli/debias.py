@@ -14,7 +14,7 @@ QUICK_GENERAL_LIMITS = {"wikitext2": 4096, "known_1000": 200, "boolq": 50, "copa
                         "winogrande": 50, "piqa": 50, "arc_easy": 50}
 QUICK_TRACE_ITEMS = 6
 QUICK_TRACE_SAMPLES = 3
-QUICK_MAX_STEPS = 100
+QUICK_MAX_STEPS = 60
 
 
 def debias_command(
@@ -50,6 +50,9 @@ def debias_command(
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")] = 32,
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")] = 2,
+    passages: Annotated[int, typer.Option(min=0, help="WikiText-2 valid passages of 300 words "
+                                          "in L_s2, besides 200 sentences (0: sentences only; "
+                                          "docs/fast.md, Perplexity).")] = 32,
     held_out_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Share of targets never edited (held-out SS).")] = 0.2,
     suite: Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | "
@@ -99,7 +102,7 @@ def debias_command(
                         beta=beta, max_steps=max_steps, batch_pairs=batch_pairs,
                         framings=framings, seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
-                              limit=limit,
+                              limit=limit, n_passages=passages,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,
                               layer_rule=layer_rule, trace_items=trace_items,
                               trace_samples=trace_samples, suite=suite,
