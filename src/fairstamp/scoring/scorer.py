@@ -240,10 +240,13 @@ class Scorer:
         results: list[TokenLogprobs | None] = [None] * len(sequences)
         device = next(self.model.parameters()).device
         inputs, served = shared_inputs(sequences, starts)
-        for i, (seq, start) in enumerate(zip(sequences, starts)):
-            if start == len(seq):  # nothing to score
-                results[i] = _span(seq, start, np.zeros(0), np.zeros(0, bool), np.zeros(0, int))
+        empty = [i for i, (seq, start) in enumerate(zip(sequences, starts)) if start == len(seq)]
+        for i in empty:  # nothing to score
+            results[i] = _span(sequences[i], starts[i], np.zeros(0), np.zeros(0, bool),
+                               np.zeros(0, int))
         with progress_bar(len(sequences), description, self.progress) as advance:
+            if empty:
+                advance(len(empty))
             for batch in self._batches([len(x) for x in inputs]):
                 requests = [[(i, sequences[i], starts[i]) for i in served[b]] for b in batch]
                 self._forward_batch([inputs[b] for b in batch], requests, device, results)
