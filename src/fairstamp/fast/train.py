@@ -137,19 +137,10 @@ class _KLSet:
     chosen: list[int] = field(default_factory=list)
 
 
-def _fit(scorer: Scorer, text: str) -> list[int]:
+def _kl_ids(scorer: Scorer, text: str) -> list[int]:
     """A KL text's token ids, cut to the model's context length."""
     ids = scorer.encode(text)
     return ids[: scorer.max_length] if scorer.max_length else ids
-
-
-#: Logits per forward pass while capturing, computing KL targets and checking SS (bytes).
-_LOGITS_BUDGET_BYTES = 1 << 28
-
-
-def _position_budget(model) -> int:
-    vocab = int(getattr(model.config, "vocab_size", 0) or 32000)
-    return max(64, _LOGITS_BUDGET_BYTES // (4 * vocab))
 
 
 def fit_stamp(
@@ -262,12 +253,12 @@ def train_at_layer(
     pair_sents = _Sentences([s for p in pair_ids for s in p])  # 2i: stereo, 2i+1: anti
     short_texts = [*group_texts, *generic_sentences]
     kl_sets = [
-        _KLSet(_Sentences([_fit(scorer, t) for t in short_texts]), config.batch_kl,
+        _KLSet(_Sentences([_kl_ids(scorer, t) for t in short_texts]), config.batch_kl,
                generic=torch.tensor([False] * len(group_texts) + [True] * len(generic_sentences))),
-        _KLSet(_Sentences([_fit(scorer, t) for t in generic_passages]), config.batch_passages,
+        _KLSet(_Sentences([_kl_ids(scorer, t) for t in generic_passages]), config.batch_passages,
                generic=torch.ones(len(generic_passages), dtype=torch.bool)),
     ]
-    budget = _position_budget(model)
+    budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
     if config.reuse_lower:
         for sents in (pair_sents, *(k.sents for k in kl_sets)):
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)

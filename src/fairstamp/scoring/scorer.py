@@ -108,8 +108,11 @@ class Scorer:
         self.model = model
         self.arch = arch
         self.lower_cache = lower_cache
-        self._passes = lower_cache or (LowerLayerCache(model, arch, 0) if arch is not None
-                                       else None)
+        self._upper = None
+        if arch is not None:
+            from fairstamp.scoring.upper import UpperForward
+
+            self._upper = UpperForward(model, arch, 0)
         self.tokenizer = tokenizer
         vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.max_batch_tokens = max_batch_tokens or max(64, _LOGITS_BUDGET_BYTES // (4 * vocab))
@@ -285,7 +288,7 @@ class Scorer:
         cols = torch.cat([torch.arange(st - 1, len(s) - 1) for _, s, st in flat]).to(device)
         targets = torch.cat([torch.as_tensor(list(s[st:]), dtype=torch.long)
                              for _, s, st in flat]).to(device)
-        if self._passes is None:
+        if self._upper is None:
             logits = self.model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -298,7 +301,11 @@ class Scorer:
 
             batch = Batch(ids.to(device), mask.to(device), positions.to(device),
                           [len(x) for x in inputs])
-            picked = self._passes.logits(tuple(inputs), batch, rows, cols).float()
+            if self.lower_cache is not None:
+                picked = self.lower_cache.logits(tuple(inputs), batch, rows, cols)
+            else:
+                picked = self._upper.logits(batch, None, rows, cols)
+            picked = picked.float()
         target_logits = picked.gather(1, targets.unsqueeze(1)).squeeze(1)
         logprobs = (target_logits - torch.logsumexp(picked, dim=-1)).double().cpu().numpy()
         top1 = picked.argmax(dim=-1)
@@ -326,6 +333,7 @@ class LowerLayerCache:
         self.layer, self.max_bytes = layer, max_bytes
         self.states: dict[tuple, torch.Tensor] = {}
         self.bytes = 0
+        self.full = False
         self.replaying = False
         self.replayed = self.recomputed = 0
 
@@ -347,13 +355,13 @@ class LowerLayerCache:
             return self.upper.logits(batch, None, rows, cols)
         logits, hidden = self.upper.logits_and_states(batch, rows, cols)
         size = hidden.numel() * hidden.element_size()
-        if self.bytes + size <= self.max_bytes:
+        if not self.full and self.bytes + size <= self.max_bytes:
             self.states[key] = hidden
             self.bytes += size
-        elif self.bytes <= self.max_bytes:
+        elif not self.full:
+            self.full = True
             log.info("lower-layer cache full (%d MiB): later passes will run in full",
                      self.bytes >> 20)
-            self.bytes = self.max_bytes + 1
         return logits
 
 

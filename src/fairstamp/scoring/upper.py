@@ -74,12 +74,8 @@ class UpperForward:
             captured["h"] = hidden_arg(args, kwargs).detach()
             raise StopForward
 
-        def shape(module, args, output):
-            self._tuple_output = isinstance(output, tuple)
-
-        first = self.arch.layer_path(0)
         try:
-            with hooks(self.model, forward=[(first, shape)],
+            with hooks(self.model, forward=[self._shape_hook()],
                        pre=[(self.arch.layer_path(self.layer), grab)]):
                 self._call(batch)
         except StopForward:
@@ -95,14 +91,8 @@ class UpperForward:
         def grab(module, args, kwargs):
             captured["h"] = hidden_arg(args, kwargs).detach().clone()
 
-        def shape(module, args, output):
-            self._tuple_output = isinstance(output, tuple)
-
-        def select(module, args, kwargs):
-            return replace_hidden_arg(args, kwargs, hidden_arg(args, kwargs)[rows, cols])
-
-        with hooks(self.model, forward=[(self.arch.layer_path(0), shape)],
-                   pre=[(self.arch.layer_path(self.layer), grab), (self.arch.unembed, select)]):
+        with hooks(self.model, forward=[self._shape_hook()],
+                   pre=[(self.arch.layer_path(self.layer), grab), self._select(rows, cols)]):
             logits = self._call(batch).logits
         return logits, captured["h"]
 
@@ -111,11 +101,7 @@ class UpperForward:
         """Logits [N, vocab] at (rows[i], cols[i]); from the cached `hidden` (the output of
         `capture` for this batch) when given, else by the full forward pass."""
 
-        def select(module, args, kwargs):
-            x = hidden_arg(args, kwargs)
-            return replace_hidden_arg(args, kwargs, x[rows, cols])
-
-        unembed = [(self.arch.unembed, select)]
+        unembed = [self._select(rows, cols)]
         if hidden is None or self.layer == 0:
             with hooks(self.model, pre=unembed):
                 return self._call(batch).logits
@@ -127,6 +113,22 @@ class UpperForward:
             self.model, pre=[(self.arch.layer_path(self.layer), inject), *unembed]
         ):
             return self._call(batch).logits
+
+    def _shape_hook(self):
+        """A forward hook on layer 0 that notes whether layers return tuples."""
+
+        def shape(module, args, output):
+            self._tuple_output = isinstance(output, tuple)
+
+        return self.arch.layer_path(0), shape
+
+    def _select(self, rows: torch.Tensor, cols: torch.Tensor):
+        """A pre-hook on the unembedding that keeps only the positions (rows[i], cols[i])."""
+
+        def select(module, args, kwargs):
+            return replace_hidden_arg(args, kwargs, hidden_arg(args, kwargs)[rows, cols])
+
+        return self.arch.unembed, select
 
     @contextmanager
     def _lower_skipped(self) -> Iterator[None]:
