@@ -3,6 +3,7 @@ layers, sequential editing, and the `debias` / `eval --stamp` / `generate` comma
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -84,6 +85,21 @@ def test_the_best_check_is_kept(tiny_tokenizer, items):
     assert mean_abs_gap(loaded, items) == pytest.approx(kept["l_e_all"], abs=1e-5)
 
 
+def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):
+    """gamma > 0 adds L_m: the gap between stereo and anti shrinks while the mean score of each
+    pair stays nearer the original model's."""
+    sentences = [s for i in items for s in (i.stereo, i.anti)]
+    original = Scorer.from_loaded(tiny(tiny_tokenizer)).score(sentences).mean
+    drift = {}
+    for gamma in (0.0, 10.0):
+        loaded, result = fit(tiny_tokenizer, items, gamma=gamma, max_steps=12, lr=3e-2)
+        assert ("l_m" in result.history[-1]) == bool(gamma)
+        scores = Scorer.from_loaded(loaded).score(sentences).mean
+        drift[gamma] = float(np.mean(np.abs((scores[0::2] + scores[1::2])
+                                            - (original[0::2] + original[1::2])))) / 2
+    assert drift[10.0] < drift[0.0]
+
+
 def test_early_stopping_when_ss_is_balanced_and_le_is_flat(tiny_tokenizer, items):
     _, result = fit(tiny_tokenizer, items, max_steps=200, check_every=5, min_steps=5,
                     ss_tolerance=50.0, flat_tolerance=1.0)
@@ -103,6 +119,10 @@ def test_invalid_settings_attach_nothing(tiny_tokenizer, items):
     with pytest.raises(FairstampError, match="learning rate"):
         fit_stamp(loaded, items, 1, config=FitConfig(lr=-1.0), progress=False)
     assert stamps_of(loaded.model, loaded.arch) == []
+    with pytest.raises(FairstampError, match="lr_final"):
+        FitConfig(lr_final=0.0)
+    with pytest.raises(FairstampError, match="gamma"):
+        FitConfig(gamma=-1.0)
 
 
 def test_nan_loss_stops_training_and_keeps_nothing(tiny_tokenizer, items):
@@ -166,6 +186,35 @@ def test_long_generic_texts_are_trained_on_in_their_own_batches(tiny_tokenizer, 
     assert all(h["l_s1"] > 0 and h["l_s2"] > 0 for h in runs[0].history)
     assert runs[0].history == [{**h, "seconds": runs[0].history[i]["seconds"]}
                                for i, h in enumerate(runs[1].history)]
+
+
+def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_tokenizer, items):
+    """Training passes group sentences by length (less padding); the KL targets must still line
+    up with each sentence's own positions, and SS must pair each stereo with its anti."""
+    from fairstamp.fast.train import _edited_ss, _kl_targets, _Sentences
+    from fairstamp.scoring.upper import UpperForward
+
+    loaded = tiny(tiny_tokenizer)
+    scorer = Scorer.from_loaded(loaded)
+    upper = UpperForward(loaded.model, loaded.arch, 1)
+    texts = [*generic_sentences(GENERIC, 5), *generic_passages(GENERIC, 2, words=40)]
+    sents = _Sentences([scorer.encode(t) for t in texts])
+    grouped = _kl_targets(upper, sents, 8, scorer.pad_token_id, "cpu", budget=64)
+    for i, ids in enumerate(sents.ids):
+        alone = _kl_targets(upper, _Sentences([ids]), 8, scorer.pad_token_id, "cpu",
+                            budget=10**6)
+        at = slice(grouped["offsets"][i], grouped["offsets"][i] + len(ids) - 1)
+        assert torch.equal(grouped["idx"][at], alone["idx"])
+        torch.testing.assert_close(grouped["lp"][at], alone["lp"], rtol=0, atol=1e-5)
+    pairs = _Sentences([scorer.encode(s) for i in items for s in (i.stereo, i.anti)])
+    gaps = mean_abs_gap(loaded, items)
+    ss = 100 * np.mean([a > b for a, b in zip(*(np.asarray(
+        Scorer.from_loaded(loaded).score([getattr(i, side) for i in items]).mean)
+        for side in ("stereo", "anti")))])
+    for budget in (48, 10**6):
+        got_ss, got_gap = _edited_ss(upper, pairs, len(items), scorer.pad_token_id, "cpu",
+                                     budget)
+        assert got_ss == pytest.approx(ss) and got_gap == pytest.approx(gaps, abs=1e-5)
 
 
 def run_cli(args) -> int:
@@ -253,3 +302,18 @@ def test_layer_rules():
     assert [pick_layer(Trace(), "two-thirds", n) for n in (30, 18, 3, 1)] == [20, 12, 2, 0]
     assert pick_layer(Trace(), "argmax", 30) == 0
     assert pick_layer(Trace(), "argmax-after-first", 30) == 7
+
+
+def test_cosine_learning_rate_runs_from_lr_to_lr_final():
+    from fairstamp.fast.train import _cosine
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1e-2)
+    schedule = _cosine(optimizer, 5, 0.1)
+    used = []
+    for _ in range(5):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert used[0] == 1e-2 and used[-1] == pytest.approx(1e-3)
+    assert all(a > b for a, b in itertools.pairwise(used))

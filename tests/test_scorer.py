@@ -240,3 +240,16 @@ def test_logits_at_scored_positions_only_and_replayed_lower_layers_give_the_same
     assert cache.recomputed == 1
     np.testing.assert_allclose(other.total, Scorer(model, tiny_tokenizer).score(
         ["A sentence never recorded."]).total, atol=1e-5)
+
+
+def test_length_batches_group_similar_lengths_within_the_budget():
+    from fairstamp.scoring.scorer import length_batches
+
+    lengths = [5, 30, 7, 30, 6, 100, 8]
+    batches = length_batches(lengths, 64, max_size=2)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [5]  # longer than the budget: alone
+    assert batches[1] == [1, 3]  # longest first, ties in input order
+    for b in batches[1:]:
+        assert len(b) <= 2 and len(b) * max(lengths[i] for i in b) <= 64
+    assert length_batches(lengths, 10**6) == [[5, 1, 3, 6, 2, 4, 0]]

@@ -46,6 +46,11 @@ def debias_command(
     weight_decay: Annotated[float, typer.Option(help="Weight decay of the stamp.")] = 1e-3,
     alpha: Annotated[float, typer.Option(help="Weight of L_s1 (same groups' knowledge).")] = 1.0,
     beta: Annotated[float, typer.Option(help="Weight of L_s2 (general text).")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="Weight of L_m: each edited pair's mean score "
+                                         "kept at the original's (docs/fast.md).")] = 1.0,
+    lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
+                                            "step, as a fraction of --lr (cosine decay; 1: "
+                                            "constant).")] = 1.0,
     max_steps: Annotated[int, typer.Option(min=1, help="Most training steps.")] = 200,
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")] = 32,
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
@@ -99,7 +104,8 @@ def debias_command(
     limits.update(parse_limits(general_limits))
     try:
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay, alpha=alpha,
-                        beta=beta, max_steps=max_steps, batch_pairs=batch_pairs,
+                        beta=beta, gamma=gamma, lr_final=lr_final, max_steps=max_steps,
+                        batch_pairs=batch_pairs,
                         framings=framings, seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit, n_passages=passages,

@@ -1,4 +1,5 @@
-"""Training a fairness stamp: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3), with the stamp's weight decay.
+"""Training a fairness stamp: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3), with the stamp's weight decay
+(and, optionally, + γ·L_m).
 
 One loop (`train_at_layer`) trains any parameters that act at layer l under this loss: the stamp
 (`fit_stamp`) or, for the FT-L baseline (methods/finetune.py), the weight of layer l's MLP output
@@ -16,6 +17,10 @@ projection. Everything below is shared by both.
   bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
   equals it when the rest is negligible), which makes them small enough to hold for thousands
   of positions.
+- L_m (weight `gamma`: 1 for FAST's stamp, 0 for FT-L by default): mean over the edited pairs of
+  |mean score of the pair − the original model's|: the edit may move the gap, not the pair as a
+  whole.
+- The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
 
@@ -31,6 +36,7 @@ written.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -42,6 +48,7 @@ import torch
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
 from fairstamp.scoring import Scorer
+from fairstamp.scoring.scorer import length_batches
 from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.stamp.artefact import Stamp, new_stamp
 from fairstamp.stamp.module import detach
@@ -61,11 +68,14 @@ class LoopSettings:
 
     alpha: float = 1.0
     beta: float = 1.0
+    gamma: float = 0.0  # weight of L_m: each edited pair's mean score kept at the original's
     max_steps: int = 200
     min_steps: int = 20
     batch_pairs: int = 32
     batch_kl: int = 16
     batch_passages: int = 1
+    pass_size: int = 16  # sentences per forward pass within a step, grouped by length
+    lr_final: float = 1.0  # learning rate at the last step, as a fraction of the first (cosine)
     check_every: int = 10
     ss_tolerance: float = 1.0
     flat_tolerance: float = 0.05
@@ -74,6 +84,12 @@ class LoopSettings:
     keep_best: bool = True
     reuse_lower: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lr_final <= 1.0:
+            raise FairstampError(f"lr_final must be in (0, 1], got {self.lr_final}")
+        if min(self.alpha, self.beta, self.gamma) < 0:
+            raise FairstampError("the loss weights alpha, beta and gamma must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +100,7 @@ class FitConfig(LoopSettings):
     """Knobs of stamp training (recorded in stamp_config.json): the stamp's shape and optimiser,
     plus the loop's. Defaults: docs/fast.md."""
 
+    gamma: float = 1.0  # L_m on for FAST (docs/fast.md); the shared loop's default is off
     width: int = 256
     activation: str = "gelu"
     reads: str = "mlp_output"
@@ -123,6 +140,7 @@ class _Sentences:
 
     ids: list[list[int]]
     hidden: list[torch.Tensor] | None = None
+    original: torch.Tensor | None = None  # per sentence: the original model's score (L_m)
 
 
 @dataclass
@@ -262,6 +280,12 @@ def train_at_layer(
     if config.reuse_lower:
         for sents in (pair_sents, *(k.sents for k in kl_sets)):
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
+    if config.gamma:
+        with torch.no_grad():
+            token, rows, _, _ = _token_logprobs(upper, pair_sents.ids, pair_sents.hidden,
+                                                range(len(pair_sents.ids)),
+                                                scorer.pad_token_id, device, budget, full=False)
+            pair_sents.original = _sentence_means(token, rows, len(pair_sents.ids))
     for kl_set in kl_sets:
         kl_set.targets = _kl_targets(upper, kl_set.sents, config.kl_top_k, scorer.pad_token_id,
                                      device, budget)
@@ -277,6 +301,7 @@ def train_at_layer(
                  "retention/group sentences, %d generic sentences and %d passages",
                  trainable.what, layer, len(items), len(pairs), len(group_texts),
                  len(generic_sentences), len(generic_passages))
+        schedule = _cosine(optimizer, config.max_steps, config.lr_final)
         pair_order = _Cycler(len(pairs), generator)
         for kl_set in kl_sets:
             kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
@@ -289,7 +314,7 @@ def train_at_layer(
                 for kl_set in kl_sets:
                     kl_set.chosen = kl_set.order.take(kl_set.batch) if kl_set.order else []
                 loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
-                                    scorer.pad_token_id, device)
+                                    scorer.pad_token_id, device, budget)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
@@ -297,6 +322,7 @@ def train_at_layer(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 if trainable.after_step is not None:
                     with torch.no_grad():
                         trainable.after_step()
@@ -346,6 +372,17 @@ def _should_stop(ss: float, le_history: list[float], config: LoopSettings) -> bo
     return previous - current <= config.flat_tolerance * max(previous, 1e-12)
 
 
+def _cosine(optimizer: torch.optim.Optimizer, steps: int,
+            final: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate from its value at step 1 down to `final` times that at step `steps`."""
+
+    def factor(done: int) -> float:
+        progress = min(done / max(steps - 1, 1), 1.0)
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class _Cycler:
     """Indices in seeded random order, epoch after epoch."""
 
@@ -360,30 +397,14 @@ class _Cycler:
         return out
 
 
-def _chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Consecutive indices grouped so that each group's padded size stays within `budget`
-    positions (a longer sentence goes alone)."""
-    out: list[list[int]] = []
-    current: list[int] = []
-    width = 0
-    for i, n in enumerate(lengths):
-        if current and (len(current) + 1) * max(width, n) > budget:
-            out.append(current)
-            current, width = [], 0
-        current.append(i)
-        width = max(width, n)
-    if current:
-        out.append(current)
-    return out
-
-
 def _capture(upper: UpperForward, ids: list[list[int]], pad: int, device,
              budget: int) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    for rows in _chunks([len(x) for x in ids], 4 * budget):
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    for rows in length_batches([len(x) for x in ids], budget):
         batch = Batch.of([ids[i] for i in rows], pad, device)
         hidden = upper.capture(batch)
-        out.extend(hidden[r, : batch.lengths[r]].clone() for r in range(len(rows)))
+        for r, i in enumerate(rows):
+            out[i] = hidden[r, : batch.lengths[r]].clone()
     return out
 
 
@@ -404,17 +425,26 @@ def _positions(lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torc
     return rows, cols, cols + 1
 
 
-def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen, pad, device):
-    """Log-probs of every scored token of the chosen sentences, with the row of each, plus the
-    full log-softmax rows (for KL)."""
-    seqs = [ids[i] for i in chosen]
-    batch = Batch.of(seqs, pad, device)
-    rows, cols, nxt = _positions(batch.lengths)
-    logits = upper.logits(batch, _stack(hidden, chosen, batch.ids.shape[1]),
-                          rows.to(device), cols.to(device)).float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    token = logprobs.gather(1, batch.ids[rows.to(device), nxt.to(device)].unsqueeze(1)).squeeze(1)
-    return token, rows.to(device), logprobs
+def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen: Sequence[int],
+                    pad, device, budget: int, max_size: int | None = None, *,
+                    full: bool = True):
+    """Log-probs of every scored token of the chosen sentences, the full log-softmax rows (for
+    KL), the index into `chosen` of each position's sentence, and the order in which the chosen
+    sentences were run (passes of similar lengths, `length_batches`; each sentence's positions
+    are consecutive and in order). `full=False` skips keeping the log-softmax rows."""
+    token, rows, logprobs, order = [], [], [], []
+    for part in length_batches([len(ids[i]) for i in chosen], budget, max_size):
+        sub = [chosen[j] for j in part]
+        batch = Batch.of([ids[i] for i in sub], pad, device)
+        r, cols, nxt = (t.to(device) for t in _positions(batch.lengths))
+        logits = upper.logits(batch, _stack(hidden, sub, batch.ids.shape[1]), r, cols).float()
+        lp = torch.log_softmax(logits, dim=-1)
+        token.append(lp.gather(1, batch.ids[r, nxt].unsqueeze(1)).squeeze(1))
+        rows.append(torch.as_tensor(part, device=device)[r])
+        if full:
+            logprobs.append(lp)
+        order.extend(part)
+    return torch.cat(token), torch.cat(rows), torch.cat(logprobs) if full else None, order
 
 
 def _sentence_means(token: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -428,15 +458,24 @@ def _kl_targets(upper, sents: _Sentences, k: int, pad, device, budget: int):
     """Top-k log-probs of the original model at every KL position, plus the rest's log-mass."""
     if not sents.ids:
         return None
-    idx, lp, rest = [], [], []
-    for rows in _chunks([len(x) for x in sents.ids], budget):
-        _, _, logprobs = _token_logprobs(upper, sents.ids, sents.hidden, rows, pad, device)
+    idx, lp, rest, order = [], [], [], []
+    for rows in length_batches([len(x) for x in sents.ids], budget):
+        _, _, logprobs, part = _token_logprobs(upper, sents.ids, sents.hidden, rows, pad, device,
+                                               budget)
         top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
         idx.append(top.indices)
         lp.append(top.values)
         rest.append(_log_rest(top.values))
-    return {"idx": torch.cat(idx), "lp": torch.cat(lp), "rest": torch.cat(rest),
-            "offsets": _offsets(sents.ids)}
+        order.extend(rows[j] for j in part)
+    # Back to the sentences' own order, so that `offsets` find each one's positions.
+    ran = _offsets([sents.ids[i] for i in order])
+    where = [0] * len(order)
+    for at, i in enumerate(order):
+        where[i] = at
+    picks = torch.cat([torch.arange(ran[where[i]], ran[where[i]] + len(sents.ids[i]) - 1)
+                       for i in range(len(sents.ids))])
+    return {"idx": torch.cat(idx)[picks], "lp": torch.cat(lp)[picks],
+            "rest": torch.cat(rest)[picks], "offsets": _offsets(sents.ids)}
 
 
 def _offsets(ids: list[list[int]]) -> list[int]:
@@ -470,17 +509,23 @@ def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
 
 
 def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: LoopSettings,
-          pad, device):
+          pad, device, budget: int):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
-    token, rows, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
+    token, rows, _, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device,
+                                        budget, config.pass_size, full=False)
     means = _sentence_means(token, rows, len(sent_rows))
     l_e = (means[0::2] - means[1::2]).abs().mean()
+    l_m = l_e.new_zeros(())
+    if config.gamma:
+        original = pairs.original[sent_rows].to(device)
+        l_m = ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])).abs().mean() / 2
     group: list[torch.Tensor] = []
     generic: list[torch.Tensor] = []
     for kl_set in kl_sets:
         if not kl_set.chosen:
             continue
-        per_position, is_generic = _kl_positions(upper, kl_set, pad, device)
+        per_position, is_generic = _kl_positions(upper, kl_set, pad, device, budget,
+                                                 config.pass_size)
         if (~is_generic).any():
             group.append(per_position[~is_generic].mean())
         if is_generic.any():
@@ -488,35 +533,34 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     zero = l_e.new_zeros(())
     l_s1 = torch.stack(group).mean() if group else zero
     l_s2 = torch.stack(generic).mean() if generic else zero
-    loss = l_e + config.alpha * l_s1 + config.beta * l_s2
+    loss = l_e + config.alpha * l_s1 + config.beta * l_s2 + config.gamma * l_m
     terms = {"loss": float(loss.detach()), "l_e": float(l_e.detach()),
+             **({"l_m": float(l_m.detach())} if config.gamma else {}),
              "l_s1": float(l_s1.detach()), "l_s2": float(l_s2.detach())}
     return loss, terms
 
 
-def _kl_positions(upper, kl_set: _KLSet, pad, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _kl_positions(upper, kl_set: _KLSet, pad, device, budget: int,
+                  max_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """KL(original ‖ stamped) at every position of the set's chosen sentences, and whether each
     position belongs to a generic text."""
-    sents = kl_set.sents
-    _, rows, logprobs = _token_logprobs(upper, sents.ids, sents.hidden, kl_set.chosen, pad,
-                                        device)
-    idx, lp, rest = _target_rows(kl_set.targets, kl_set.chosen, sents.ids)
+    sents, chosen = kl_set.sents, kl_set.chosen
+    _, rows, logprobs, order = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad,
+                                               device, budget, max_size)
+    idx, lp, rest = _target_rows(kl_set.targets, [chosen[j] for j in order], sents.ids)
     per_position = _kl(logprobs, idx.to(device), lp.to(device), rest.to(device))
-    return per_position, kl_set.generic[kl_set.chosen].to(device)[rows]
+    return per_position, kl_set.generic[chosen].to(device)[rows]
 
 
 @torch.no_grad()
 def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
                budget: int) -> tuple[float, float]:
     """SS (%) and mean |gap| of the edited items themselves (no framings), as evaluated."""
-    gaps = []
-    lengths = [max(len(pairs.ids[2 * i]), len(pairs.ids[2 * i + 1])) * 2 for i in range(n_items)]
-    for rows in _chunks(lengths, budget):
-        sent_rows = [j for i in rows for j in (2 * i, 2 * i + 1)]
-        token, r, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device)
-        means = _sentence_means(token, r, len(sent_rows))
-        gaps.append((means[0::2] - means[1::2]).double().cpu())
-    gap = torch.cat(gaps).numpy()
+    sent_rows = list(range(2 * n_items))  # 2i: stereo, 2i+1: anti
+    token, rows, _, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device,
+                                        budget, full=False)
+    means = _sentence_means(token, rows, len(sent_rows))
+    gap = (means[0::2] - means[1::2]).double().cpu().numpy()
     return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
 
 

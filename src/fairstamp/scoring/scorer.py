@@ -257,20 +257,7 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped longest first; each batch's padded size fits the token budget."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            width = lengths[current[0]] if current else lengths[i]
-            fits = (len(current) + 1) * width <= self.max_batch_tokens
-            if current and (not fits or len(current) >= self.max_batch_size):
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
+        return length_batches(lengths, self.max_batch_tokens, self.max_batch_size)
 
     def _forward_batch(
         self,
@@ -412,6 +399,27 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     picked = logits[:, :-1].float()
     targets = input_ids[:, 1:].to(picked.device).unsqueeze(-1)
     return picked.gather(-1, targets).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+
+
+def length_batches(lengths: Sequence[int], max_tokens: int,
+                   max_size: int | None = None) -> list[list[int]]:
+    """Indices grouped longest first, so that each group holds sequences of similar length (little
+    padding); a group's padded size fits `max_tokens` and it has at most `max_size` members (a
+    sequence longer than `max_tokens` goes alone). Every forward pass over a set of sequences
+    batches with this."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        fits = (len(current) + 1) * width <= max_tokens
+        if current and (not fits or (max_size is not None and len(current) >= max_size)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int
