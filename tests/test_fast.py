@@ -199,7 +199,7 @@ def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_t
     upper = UpperForward(loaded.model, loaded.arch, 1)
     texts = [*generic_sentences(GENERIC, 5), *generic_passages(GENERIC, 2, words=40)]
     sents = _Sentences([scorer.encode(t) for t in texts])
-    grouped = _kl_targets(upper, sents, 8, scorer.pad_token_id, "cpu", budget=64)
+    grouped = _kl_targets(upper, sents, 8, scorer.pad_token_id, "cpu", budget=256)
     for i, ids in enumerate(sents.ids):
         alone = _kl_targets(upper, _Sentences([ids]), 8, scorer.pad_token_id, "cpu",
                             budget=10**6)
@@ -211,7 +211,7 @@ def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_t
     ss = 100 * np.mean([a > b for a, b in zip(*(np.asarray(
         Scorer.from_loaded(loaded).score([getattr(i, side) for i in items]).mean)
         for side in ("stereo", "anti")))])
-    for budget in (48, 10**6):
+    for budget in (160, 10**6):
         got_ss, got_gap = _edited_ss(upper, pairs, len(items), scorer.pad_token_id, "cpu",
                                      budget)
         assert got_ss == pytest.approx(ss) and got_gap == pytest.approx(gaps, abs=1e-5)

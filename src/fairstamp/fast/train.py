@@ -1,5 +1,5 @@
-"""Training a fairness stamp: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3), with the stamp's weight decay
-(and, optionally, + γ·L_m).
+"""Training a fairness stamp: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3) + γ·L_m (ours), with the
+stamp's weight decay.
 
 One loop (`train_at_layer`) trains any parameters that act at layer l under this loss: the stamp
 (`fit_stamp`) or, for the FT-L baseline (methods/finetune.py), the weight of layer l's MLP output
@@ -17,9 +17,8 @@ projection. Everything below is shared by both.
   bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
   equals it when the rest is negligible), which makes them small enough to hold for thousands
   of positions.
-- L_m (weight `gamma`: 1 for FAST's stamp, 0 for FT-L by default): mean over the edited pairs of
-  |mean score of the pair − the original model's|: the edit may move the gap, not the pair as a
-  whole.
+- L_m (weight `gamma`, 1 by default; 0 is SPEC's loss): mean over the edited pairs of |mean score
+  of the pair − the original model's|: the edit may move the gap, not the pair as a whole.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -68,7 +67,7 @@ class LoopSettings:
 
     alpha: float = 1.0
     beta: float = 1.0
-    gamma: float = 0.0  # weight of L_m: each edited pair's mean score kept at the original's
+    gamma: float = 1.0  # weight of L_m: each edited pair's mean score kept at the original's
     max_steps: int = 200
     min_steps: int = 20
     batch_pairs: int = 32
@@ -100,7 +99,6 @@ class FitConfig(LoopSettings):
     """Knobs of stamp training (recorded in stamp_config.json): the stamp's shape and optimiser,
     plus the loop's. Defaults: docs/fast.md."""
 
-    gamma: float = 1.0  # L_m on for FAST (docs/fast.md); the shared loop's default is off
     width: int = 256
     activation: str = "gelu"
     reads: str = "mlp_output"
@@ -240,9 +238,9 @@ def train_at_layer(
     config: LoopSettings,
     progress: bool | None = None,
 ) -> TrainRun:
-    """The one training loop of L = L_e + α·L_s1 + β·L_s2 for an edit at `layer` (FAST's stamp,
-    FT-L's projection weight): batching, the cached lower layers, KL targets, early stopping on SS,
-    keep-best and the NaN guard.
+    """The one training loop of L = L_e + α·L_s1 + β·L_s2 + γ·L_m for an edit at `layer` (FAST's
+    stamp, FT-L's projection weight): batching, the cached lower layers, KL targets, early stopping
+    on SS, keep-best and the NaN guard.
 
     The KL targets are computed from the model as it is when called; `make` then creates or
     selects the parameters and puts them on the model (it runs after the targets exist). The
@@ -458,24 +456,19 @@ def _kl_targets(upper, sents: _Sentences, k: int, pad, device, budget: int):
     """Top-k log-probs of the original model at every KL position, plus the rest's log-mass."""
     if not sents.ids:
         return None
-    idx, lp, rest, order = [], [], [], []
+    top_k: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(sents.ids)  # type: ignore
     for rows in length_batches([len(x) for x in sents.ids], budget):
-        _, _, logprobs, part = _token_logprobs(upper, sents.ids, sents.hidden, rows, pad, device,
-                                               budget)
+        _, _, logprobs, order = _token_logprobs(upper, sents.ids, sents.hidden, rows, pad,
+                                                device, budget)
         top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-        idx.append(top.indices)
-        lp.append(top.values)
-        rest.append(_log_rest(top.values))
-        order.extend(rows[j] for j in part)
-    # Back to the sentences' own order, so that `offsets` find each one's positions.
-    ran = _offsets([sents.ids[i] for i in order])
-    where = [0] * len(order)
-    for at, i in enumerate(order):
-        where[i] = at
-    picks = torch.cat([torch.arange(ran[where[i]], ran[where[i]] + len(sents.ids[i]) - 1)
-                       for i in range(len(sents.ids))])
-    return {"idx": torch.cat(idx)[picks], "lp": torch.cat(lp)[picks],
-            "rest": torch.cat(rest)[picks], "offsets": _offsets(sents.ids)}
+        at = 0
+        for j in order:  # each sentence's positions are consecutive
+            n = len(sents.ids[rows[j]]) - 1
+            top_k[rows[j]] = (top.indices[at: at + n], top.values[at: at + n])
+            at += n
+    lp = torch.cat([v for _, v in top_k])
+    return {"idx": torch.cat([i for i, _ in top_k]), "lp": lp, "rest": _log_rest(lp),
+            "offsets": _offsets(sents.ids)}
 
 
 def _offsets(ids: list[list[int]]) -> list[int]:

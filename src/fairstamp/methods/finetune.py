@@ -1,14 +1,15 @@
 """FT-L (the constrained fine-tuning baseline of ROME, Meng et al. 2022) with FAST's loss.
 
 The weight of the MLP output projection at the context's layer is trained with exactly the stamp's
-loss, L = L_e + α·L_s1 + β·L_s2 (SPEC §5), by the same loop (`fast.train.train_at_layer`: batching,
-cached lower layers, KL targets, early stopping on SS, keep-best, NaN guard). After every Adam step
-the weight is clamped elementwise to W0 ± `norm_constraint` (ROME's FT-L L∞ constraint). ROME's
-value for GPT-2 XL, 5e-4, is too tight for smollm2-135m, whose MLP output weights are large (mean
-|w| 0.15 at layer 20): on 20 StereoSet gender items at layer 20 the batch L_e is still 0.37 at
-step 20 with it, 0.16 with 5e-3 (about 3% of a typical entry), which shrinks the items' mean |gap|
-0.50 → 0.15 in 30 steps at a KL cost below 0.002 (docs/methods.md). The clamp is elementwise,
-so it is the same for `nn.Linear` ([out, in]) and GPT-2's `Conv1D` ([in, out]) weights.
+loss, L = L_e + α·L_s1 + β·L_s2 + γ·L_m (SPEC §5, plus our L_m), by the same loop
+(`fast.train.train_at_layer`: batching, cached lower layers, KL targets, early stopping on SS,
+keep-best, NaN guard). After every Adam step the weight is clamped elementwise to W0 ±
+`norm_constraint` (ROME's FT-L L∞ constraint). ROME's value for GPT-2 XL, 5e-4, is too tight for
+smollm2-135m, whose MLP output weights are large (mean |w| 0.15 at layer 20): on 20 StereoSet
+gender items at layer 20 the batch L_e is still 0.37 at step 20 with it, 0.16 with 5e-3 (about 3%
+of a typical entry), which shrinks the items' mean |gap| 0.50 → 0.15 in 30 steps at a KL cost below
+0.002 (docs/methods.md). The clamp is elementwise, so it is the same for `nn.Linear` ([out, in])
+and GPT-2's `Conv1D` ([in, out]) weights.
 """
 
 from __future__ import annotations
