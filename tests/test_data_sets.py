@@ -606,3 +606,21 @@ def test_split_with_a_key_for_other_records():
     edit, held_out = split_by_target(retention, key=lambda r: (r.bias_type, r.group), seed=1)
     assert held_out and edit
     assert not {(r.bias_type, r.group) for r in edit} & {(r.bias_type, r.group) for r in held_out}
+
+
+def test_attribute_words_of_bias_bench(tmp_path, caplog):
+    from fairstamp.data.attribute_words import ATTRIBUTE_WORDS, load_attribute_words
+
+    path = SHARED_DATA / ATTRIBUTE_WORDS
+    words = load_attribute_words(path, ["gender", "race"], needed_by="test")
+    assert ["he", "she"] in words["gender"] and all(len(t) == 3 for t in words["race"])
+    with pytest.raises(DataError, match="no attribute words for profession"):
+        load_attribute_words(path, ["gender", "profession"], needed_by="test")
+    with caplog.at_level(logging.WARNING):
+        assert set(load_attribute_words(path, ["gender", "profession"], needed_by="test",
+                                        skip_missing=True)) == {"gender"}
+    assert "profession" in caplog.text
+    with pytest.raises(DataError, match="none of the bias types"):
+        load_attribute_words(path, ["profession"], needed_by="test", skip_missing=True)
+    with pytest.raises(DataError, match="needed by test"):
+        load_attribute_words(tmp_path / "absent.json", ["gender"], needed_by="test")

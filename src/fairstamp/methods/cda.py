@@ -22,7 +22,6 @@ copies the originals back.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fairstamp.data.attribute_words import ATTRIBUTE_WORDS, load_attribute_words
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.methods.base import (
     Edit,
@@ -53,9 +53,6 @@ from fairstamp.utils.hooks import hooks
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-ATTRIBUTE_WORDS = Path("bias_bench") / "bias_attribute_words.json"
-
 
 # -- augmentation ------------------------------------------------------------------------------
 
@@ -81,15 +78,7 @@ class AttributeSwap:
 
     @classmethod
     def from_file(cls, path: str | Path, bias_types: Sequence[str]) -> AttributeSwap:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: missing (bias-bench's attribute words, needed by CDA)")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        unknown = [t for t in bias_types if t not in data]
-        if unknown:
-            raise DataError(f"{path}: no attribute words for {', '.join(unknown)}; it has "
-                            f"{', '.join(data)}")
-        return cls({t: data[t] for t in bias_types})
+        return cls(load_attribute_words(path, bias_types, needed_by="CDA"))
 
     def has_attribute(self, sentence: str) -> bool:
         return self.pattern.search(sentence) is not None

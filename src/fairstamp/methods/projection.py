@@ -20,7 +20,6 @@ h to h − (h Vᵀ) V = h P, P = I − VᵀV. Nothing in the model's weights cha
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import re
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from fairstamp.data.attribute_words import ATTRIBUTE_WORDS, load_attribute_words
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.fast.data import WIKITEXT2_VALID
 from fairstamp.methods.base import EditContext, HookEdit, Method
@@ -40,10 +40,6 @@ from fairstamp.utils.hooks import StopForward, hooks
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-#: bias-bench's attribute word tuples, relative to the public data folder.
-ATTRIBUTE_WORDS = Path("bias_bench") / "bias_attribute_words.json"
-
 
 # -- text ------------------------------------------------------------------------------------------
 
@@ -68,19 +64,8 @@ def attribute_words(data_root: Path | None, bias_types: Sequence[str]
     if data_root is None:
         raise FairstampError("INLP / SentenceDebias need the public data folder (context.data_root)"
                              " for WikiText-2 and bias_attribute_words.json")
-    path = Path(data_root) / ATTRIBUTE_WORDS
-    if not path.is_file():
-        raise DataError(f"{path}: missing (bias-bench's attribute words)")
-    table = json.loads(path.read_text(encoding="utf-8"))
-    out = {t: [[w.lower() for w in group] for group in table[t]] for t in bias_types if t in table}
-    skipped = [t for t in bias_types if t not in table]
-    if skipped:
-        log.warning("no attribute words for %s (bias-bench has %s): skipped", ", ".join(skipped),
-                    ", ".join(table))
-    if not out:
-        raise FairstampError(f"none of the bias types {list(bias_types)} has attribute words; "
-                             f"available: {', '.join(table)}")
-    return out
+    return load_attribute_words(Path(data_root) / ATTRIBUTE_WORDS, bias_types,
+                                needed_by="INLP / SentenceDebias", skip_missing=True)
 
 
 def _word_pattern(words: Sequence[str]) -> re.Pattern[str]:
