@@ -191,11 +191,14 @@ def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title:
     ax.set_xlabel("step")
     ax.set_ylabel("SS (%)")
     right = ax.twinx()
-    for key, color in (("l_e_all", "#d62728"), ("l_s1", "#1f77b4"), ("l_s2", "#2ca02c")):
+    for key, color, label in (("l_e_all", "#d62728", "L_e (all edited)"),
+                              ("l_m", "#9467bd", "L_m (batch)"),
+                              ("l_s1", "#1f77b4", "L_s1 (batch)"),
+                              ("l_s2", "#2ca02c", "L_s2 (batch)")):
+        if not any(key in h for h in history):
+            continue  # L_m only when γ > 0
         values = [max(h.get(key, 0.0), 1e-8) for h in history]
-        right.plot(steps, values, color=color, linewidth=1.2,
-                   label={"l_e_all": "L_e (all edited)", "l_s1": "L_s1 (batch)",
-                          "l_s2": "L_s2 (batch)"}[key])
+        right.plot(steps, values, color=color, linewidth=1.2, label=label)
     right.set_yscale("log")
     right.set_ylabel("loss")
     lines = ax.get_legend_handles_labels()
