@@ -105,8 +105,7 @@ def debias_command(
     try:
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay, alpha=alpha,
                         beta=beta, gamma=gamma, lr_final=lr_final, max_steps=max_steps,
-                        batch_pairs=batch_pairs,
-                        framings=framings, seed=seed)
+                        batch_pairs=batch_pairs, framings=framings, seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit, n_passages=passages,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,
