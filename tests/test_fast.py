@@ -91,13 +91,16 @@ def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):
     sentences = [s for i in items for s in (i.stereo, i.anti)]
     original = Scorer.from_loaded(tiny(tiny_tokenizer)).score(sentences).mean
     drift = {}
-    for gamma in (0.0, 10.0):
-        loaded, result = fit(tiny_tokenizer, items, gamma=gamma, max_steps=12, lr=3e-2)
+    for gamma, smooth in ((0.0, 0.0), (10.0, 0.0), (10.0, 1e-3)):
+        loaded, result = fit(tiny_tokenizer, items, gamma=gamma, lm_smooth=smooth, max_steps=12,
+                             lr=3e-2)
         assert ("l_m" in result.history[-1]) == bool(gamma)
         scores = Scorer.from_loaded(loaded).score(sentences).mean
-        drift[gamma] = float(np.mean(np.abs((scores[0::2] + scores[1::2])
-                                            - (original[0::2] + original[1::2])))) / 2
-    assert drift[10.0] < drift[0.0]
+        drift[gamma, smooth] = float(np.mean(np.abs((scores[0::2] + scores[1::2])
+                                                    - (original[0::2] + original[1::2])))) / 2
+    assert drift[10.0, 0.0] < drift[0.0, 0.0] and drift[10.0, 1e-3] < drift[0.0, 0.0]
+    with pytest.raises(FairstampError, match="lm_smooth"):
+        FitConfig(lm_smooth=-1.0)
 
 
 def test_early_stopping_when_ss_is_balanced_and_le_is_flat(tiny_tokenizer, items):

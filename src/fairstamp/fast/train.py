@@ -68,6 +68,7 @@ class LoopSettings:
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0  # weight of L_m: each edited pair's mean score kept at the original's
+    lm_smooth: float = 0.0  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
     max_steps: int = 200
     min_steps: int = 20
     batch_pairs: int = 32
@@ -89,6 +90,8 @@ class LoopSettings:
             raise FairstampError(f"lr_final must be in (0, 1], got {self.lr_final}")
         if min(self.alpha, self.beta, self.gamma) < 0:
             raise FairstampError("the loss weights alpha, beta and gamma must be >= 0")
+        if self.lm_smooth < 0:
+            raise FairstampError(f"lm_smooth must be >= 0, got {self.lm_smooth}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -511,7 +514,12 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     l_m = l_e.new_zeros(())
     if config.gamma:
         original = pairs.original[sent_rows].to(device)
-        l_m = ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])).abs().mean() / 2
+        drift = ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])) / 2
+        if config.lm_smooth > 0:  # Huber: quadratic within lm_smooth of the original
+            l_m = torch.nn.functional.smooth_l1_loss(drift, torch.zeros_like(drift),
+                                                     beta=config.lm_smooth)
+        else:
+            l_m = drift.abs().mean()
     group: list[torch.Tensor] = []
     generic: list[torch.Tensor] = []
     for kl_set in kl_sets:
