@@ -48,6 +48,9 @@ def debias_command(
     beta: Annotated[float, typer.Option(help="Weight of L_s2 (general text).")] = 1.0,
     gamma: Annotated[float, typer.Option(help="Weight of L_m: each edited pair's mean score "
                                          "kept at the original's (docs/fast.md).")] = 1.0,
+    lm_smooth: Annotated[float, typer.Option(min=0.0, help="L_m is quadratic within this many "
+                                             "nats of the original (Huber; 0: absolute value; "
+                                             "docs/fast.md).")] = 0.0,
     lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
                                             "step, as a fraction of --lr (cosine decay; 1: "
                                             "constant).")] = 1.0,
@@ -104,8 +107,9 @@ def debias_command(
     limits.update(parse_limits(general_limits))
     try:
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay, alpha=alpha,
-                        beta=beta, gamma=gamma, lr_final=lr_final, max_steps=max_steps,
-                        batch_pairs=batch_pairs, framings=framings, seed=seed)
+                        beta=beta, gamma=gamma, lm_smooth=lm_smooth, lr_final=lr_final,
+                        max_steps=max_steps, batch_pairs=batch_pairs, framings=framings,
+                        seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit, n_passages=passages,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,
