@@ -283,10 +283,8 @@ def train_at_layer(
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
     if config.gamma:
         with torch.no_grad():
-            token, rows, _, _ = _token_logprobs(upper, pair_sents.ids, pair_sents.hidden,
-                                                range(len(pair_sents.ids)),
-                                                scorer.pad_token_id, device, budget, full=False)
-            pair_sents.original = _sentence_means(token, rows, len(pair_sents.ids))
+            pair_sents.original = _scores(upper, pair_sents, range(len(pair_sents.ids)),
+                                          scorer.pad_token_id, device, budget)
     for kl_set in kl_sets:
         kl_set.targets = _kl_targets(upper, kl_set.sents, config.kl_top_k, scorer.pad_token_id,
                                      device, budget)
@@ -448,10 +446,14 @@ def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen: S
     return torch.cat(token), torch.cat(rows), torch.cat(logprobs) if full else None, order
 
 
-def _sentence_means(token: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+def _scores(upper: UpperForward, sents: _Sentences, chosen: Sequence[int], pad, device,
+            budget: int, max_size: int | None = None) -> torch.Tensor:
+    """The chosen sentences' scores (per-token mean log-probability, as the Scorer's), in order."""
+    token, rows, _, _ = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad, device,
+                                        budget, max_size, full=False)
+    n = len(chosen)
     sums = torch.zeros(n, dtype=token.dtype, device=token.device).index_add(0, rows, token)
-    counts = torch.bincount(rows, minlength=n).to(token.dtype)
-    return sums / counts
+    return sums / torch.bincount(rows, minlength=n).to(token.dtype)
 
 
 @torch.no_grad()
@@ -507,9 +509,7 @@ def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
 def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: LoopSettings,
           pad, device, budget: int):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
-    token, rows, _, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device,
-                                        budget, config.pass_size, full=False)
-    means = _sentence_means(token, rows, len(sent_rows))
+    means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
     l_e = (means[0::2] - means[1::2]).abs().mean()
     l_m = l_e.new_zeros(())
     if config.gamma:
@@ -558,9 +558,7 @@ def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
                budget: int) -> tuple[float, float]:
     """SS (%) and mean |gap| of the edited items themselves (no framings), as evaluated."""
     sent_rows = list(range(2 * n_items))  # 2i: stereo, 2i+1: anti
-    token, rows, _, _ = _token_logprobs(upper, pairs.ids, pairs.hidden, sent_rows, pad, device,
-                                        budget, full=False)
-    means = _sentence_means(token, rows, len(sent_rows))
+    means = _scores(upper, pairs, sent_rows, pad, device, budget)
     gap = (means[0::2] - means[1::2]).double().cpu().numpy()
     return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
 
