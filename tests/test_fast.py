@@ -67,7 +67,7 @@ def test_same_seed_gives_identical_stamp_bytes(tiny_tokenizer, items, tmp_path):
 def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
     loaded = tiny(tiny_tokenizer)
     before = mean_abs_gap(loaded, items)
-    loaded, result = fit(tiny_tokenizer, items, max_steps=30, check_every=10, keep_best=False)
+    loaded, result = fit(tiny_tokenizer, items, max_steps=30, check_every=0, keep_best=False)
     after = mean_abs_gap(loaded, items)
     assert after < 0.5 * before
     assert [h["step"] for h in result.history] == [10, 20, 30]
@@ -126,6 +126,14 @@ def test_invalid_settings_attach_nothing(tiny_tokenizer, items):
         FitConfig(lr_final=0.0)
     with pytest.raises(FairstampError, match="gamma"):
         FitConfig(gamma=-1.0)
+    with pytest.raises(FairstampError, match="check_every"):
+        FitConfig(check_every=-1)
+
+
+def test_automatic_check_interval_grows_with_the_items():
+    config = FitConfig()
+    assert [config.check_interval(n) for n in (1, 227, 400, 401, 1160)] == [10, 10, 10, 11, 29]
+    assert FitConfig(check_every=3).check_interval(1160) == 3
 
 
 def test_nan_loss_stops_training_and_keeps_nothing(tiny_tokenizer, items):

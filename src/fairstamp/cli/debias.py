@@ -50,11 +50,13 @@ def debias_command(
                                          "kept at the original's (docs/fast.md).")] = 1.0,
     lm_smooth: Annotated[float, typer.Option(min=0.0, help="L_m is quadratic within this many "
                                              "nats of the original (Huber; 0: absolute value; "
-                                             "docs/fast.md).")] = 0.0,
+                                             "docs/fast.md).")] = 1e-3,
     lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
                                             "step, as a fraction of --lr (cosine decay; 1: "
                                             "constant).")] = 1.0,
     max_steps: Annotated[int, typer.Option(min=1, help="Most training steps.")] = 200,
+    check_every: Annotated[int, typer.Option(min=0, help="Steps between SS checks of all "
+                                             "edited items (0: max(10, items / 40)).")] = 0,
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")] = 32,
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")] = 2,
@@ -108,8 +110,8 @@ def debias_command(
     try:
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay, alpha=alpha,
                         beta=beta, gamma=gamma, lm_smooth=lm_smooth, lr_final=lr_final,
-                        max_steps=max_steps, batch_pairs=batch_pairs, framings=framings,
-                        seed=seed)
+                        max_steps=max_steps, check_every=check_every,
+                        batch_pairs=batch_pairs, framings=framings, seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit, n_passages=passages,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,

@@ -17,19 +17,22 @@ projection. Everything below is shared by both.
   bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
   equals it when the rest is negligible), which makes them small enough to hold for thousands
   of positions.
-- L_m (weight `gamma`, 1 by default; 0 is SPEC's loss): mean over the edited pairs of |mean score
-  of the pair − the original model's|: the edit may move the gap, not the pair as a whole.
+- L_m (weight `gamma`, 1 by default; 0 is SPEC's loss): mean over the edited pairs of the distance
+  between the pair's mean score and the original model's (Huber: quadratic within `lm_smooth`
+  nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap, not the pair as a
+  whole.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
 
-Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps the
-SS and L_e of all edited pairs are measured, and training stops when SS is within `ss_tolerance` of
-50 and L_e has stopped falling (or at `max_steps`). With `keep_best` the stamp of the check with SS
-closest to 50 (within `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts
-signs, so it wanders while |gap| shrinks. A non-finite loss stops training with
-`TrainingDiverged`; the edit is undone (the stamp detached, FT-L's weight restored) and nothing is
-written.
+Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps (0,
+the default: every max(10, ⌈items / 40⌉) steps, so that the checks, which score every edited pair,
+stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured, and
+training stops when SS is within `ss_tolerance` of 50 and L_e has stopped falling (or at
+`max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
+`ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts signs, so it wanders while
+|gap| shrinks. A non-finite loss stops training with `TrainingDiverged`; the edit is undone (the
+stamp detached, FT-L's weight restored) and nothing is written.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class LoopSettings:
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0  # weight of L_m: each edited pair's mean score kept at the original's
-    lm_smooth: float = 0.0  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
+    lm_smooth: float = 1e-3  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
     max_steps: int = 200
     min_steps: int = 20
     batch_pairs: int = 32
@@ -76,7 +79,7 @@ class LoopSettings:
     batch_passages: int = 1
     pass_size: int = 16  # sentences per forward pass within a step, grouped by length
     lr_final: float = 1.0  # learning rate at the last step, as a fraction of the first (cosine)
-    check_every: int = 10
+    check_every: int = 0  # 0: max(10, ceil(items / 40)) steps
     ss_tolerance: float = 1.0
     flat_tolerance: float = 0.05
     framings: int = 2
@@ -92,6 +95,13 @@ class LoopSettings:
             raise FairstampError("the loss weights alpha, beta and gamma must be >= 0")
         if self.lm_smooth < 0:
             raise FairstampError(f"lm_smooth must be >= 0, got {self.lm_smooth}")
+        if self.check_every < 0:
+            raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
+                                 f"{self.check_every}")
+
+    def check_interval(self, n_items: int) -> int:
+        """Steps between SS checks for `n_items` edited items."""
+        return self.check_every or max(10, math.ceil(n_items / 40))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,6 +314,7 @@ def train_at_layer(
         pair_order = _Cycler(len(pairs), generator)
         for kl_set in kl_sets:
             kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
+        check_every = config.check_interval(n_plain)
         start = time.perf_counter()
         le_history: list[float] = []
         best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
@@ -327,7 +338,7 @@ def train_at_layer(
                         trainable.after_step()
                 result.steps = step
                 status = None
-                if step % config.check_every == 0 or step == config.max_steps:
+                if step % check_every == 0 or step == config.max_steps:
                     ss, le = _edited_ss(upper, pair_sents, n_plain, scorer.pad_token_id, device,
                                         budget)
                     record = {"step": step, "ss": ss, "l_e_all": le, **terms,
