@@ -253,3 +253,66 @@ def test_length_batches_group_similar_lengths_within_the_budget():
     for b in batches[1:]:
         assert len(b) <= 2 and len(b) * max(lengths[i] for i in b) <= 64
     assert length_batches(lengths, 10**6) == [[5, 1, 3, 6, 2, 4, 0]]
+
+
+def test_pack_rows_put_inputs_that_begin_alike_in_one_row():
+    from fairstamp.scoring.scorer import pack_rows, tree_batch
+
+    inputs = [(1, 2, 3, 4, 5, 7, 8), (5, 5, 5, 5), (1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 9),
+              (1, 2, 9, 9, 9, 9)]
+    rows = pack_rows(inputs, max_tokens=100)
+    # The first two share five tokens; the third would cut the shared part to four and save
+    # only three: a row of its own, as the rest.
+    assert [row.members for row in rows] == [(2, 0), (3,), (4,), (1,)]
+    row = rows[0]
+    assert row.ids == (1, 2, 3, 4, 5, 6, 7, 8) and row.shared == 5 and row.cuts == (5, 6, 8)
+    assert row.index(0, torch.arange(6)).tolist() == [0, 1, 2, 3, 4, 5]
+    assert row.index(1, torch.arange(7)).tolist() == [0, 1, 2, 3, 4, 6, 7]
+    assert row.layout() == ([0, 1, 2, 3, 4, 5, 5, 6], [0, 0, 0, 0, 0, 1, 2, 2])
+    ids, mask, positions = tree_batch(rows[:2], 0, torch.float32)
+    assert ids.shape == positions.shape == (2, 8) and mask.shape == (2, 1, 8, 8)
+    sees = (mask[0, 0] == 0).int().tolist()
+    assert sees[7] == [1, 1, 1, 1, 1, 0, 1, 1]  # member 1's last token: prefix and its own
+    assert sees[5] == [1, 1, 1, 1, 1, 1, 0, 0]  # member 0's token: prefix and itself
+    assert positions[0].tolist() == [0, 1, 2, 3, 4, 5, 5, 6]
+    # Limits: a row holds at most max_tokens tokens, and no more than a local-attention window;
+    # it has at most max_members members.
+    assert len(pack_rows(inputs, max_tokens=7)) == 5
+    assert len(pack_rows(inputs, max_tokens=100, max_length=7)) == 5
+    same = [(1, 2, 3, 4, 5, k) for k in range(10, 20)]
+    assert [len(r.members) for r in pack_rows(same, max_tokens=100, max_members=4)] == [4, 4, 2]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_packed_rows_score_as_one_row_per_input(arch, tiny_tokenizer):
+    """Inputs packed into shared rows (StereoSet's sentences per context, answer choices after
+    one question) score as when each runs alone, on every architecture, and cost fewer
+    positions; inputs longer than a local-attention window are not packed."""
+    from test_stamp import loaded_tiny
+
+    loaded = loaded_tiny(arch, tiny_tokenizer)
+    # Short ones too: with the tiny tokenizer (almost a token per character) only they fit the
+    # 16-token local-attention window of the tiny GPT-Neo and Gemma 3.
+    sentences = [*SENTENCES[:30], "The nurse was kind.", "The nurse was rude.", "The man ran.",
+                 "The man sat.", "The man hid."]
+    question = "Where do people keep their money? Answer:"
+    choices = [" in a bank account", " under the old bed", " in a wallet", " at the bank"]
+
+    def run(scorer):
+        positions = []
+        original = scorer._forward_batch
+        scorer._forward_batch = lambda rows, *rest: positions.append(
+            sum(len(r.ids) for r in rows)) or original(rows, *rest)
+        scores = scorer.score(sentences).total
+        conts = scorer.continuation_logprobs([question] * 4, choices)
+        return scores, np.concatenate([c.logprobs for c in conts]), sum(positions)
+
+    packed = run(Scorer(loaded.model, tiny_tokenizer, arch=loaded.arch))
+    alone = run(Scorer(loaded.model, tiny_tokenizer, arch=loaded.arch, pack=False))
+    np.testing.assert_allclose(packed[0], alone[0], atol=1e-5)
+    np.testing.assert_allclose(packed[1], alone[1], atol=1e-5)
+    assert packed[2] < alone[2]
+    single = Scorer(loaded.model, tiny_tokenizer, max_batch_size=1)
+    for i in (0, 1, 30, 31, 32, 33, 34):
+        ref = reference_score(loaded.model, single.encode(sentences[i]))
+        assert packed[0][i] == pytest.approx(ref.sum(), abs=1e-4)

@@ -10,10 +10,15 @@ Scoring `seq[start:]` needs the model's output at positions start-1 .. len-2 onl
 forward pass of `seq[:-1]`. Sequences whose forward input is the same as, or a prefix of, another
 one's share that other one's forward pass (a causal model's outputs at a position do not depend on
 what follows): the choices of a multiple-choice item with one-token answers (BoolQ's " yes" /
-" no") cost one pass, not one per choice. Given the model's `ArchSpec`, the unembedding runs only
-at the positions that predict a scored token (a multiple-choice context or a perplexity window's
-leading context costs no logits), and a `LowerLayerCache` lets a second evaluation of the same
-text skip the layers below a stamp (`fairstamp debias` evaluates before and after).
+" no") cost one pass, not one per choice. Given the model's `ArchSpec`:
+- inputs that begin alike share that beginning too: they are packed into one row, the common
+  prefix once and then each input's own tokens, with an attention mask that lets each input's
+  tokens see the prefix and their own earlier tokens only, and the positions each token has in
+  its own input (StereoSet's three sentences per context, a question's answer choices);
+- the unembedding runs only at the positions that predict a scored token (a multiple-choice
+  context or a perplexity window's leading context costs no logits);
+- a `LowerLayerCache` lets a second evaluation of the same text skip the layers below a stamp
+  (`fairstamp debias` evaluates before and after).
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ class Scorer:
     arch:             the model's ArchSpec: logits only at scored positions (`from_loaded` passes
                       it for a plain transformers model, not for wrappers such as Self-Debias).
     lower_cache:      a LowerLayerCache to record into or replay from (needs `arch`).
+    pack:             run inputs that begin alike in one row, their common prefix once (with
+                      `arch`; False: one row per input).
     max_batch_size:   sentences per forward pass.
     progress:         draw a progress bar (None: when stderr is a terminal).
     """
@@ -102,6 +109,7 @@ class Scorer:
         progress: bool | None = None,
         arch: Any = None,
         lower_cache: LowerLayerCache | None = None,
+        pack: bool = True,
     ) -> None:
         if lower_cache is not None and arch is None:
             raise ValueError("a lower-layer cache needs the model's ArchSpec")
@@ -122,6 +130,8 @@ class Scorer:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
         self.max_length = max_positions(model)
+        self.pack = pack and arch is not None
+        self._window = attention_window(model)
 
     @classmethod
     def from_loaded(cls, loaded: Any, **kwargs: Any) -> Scorer:
@@ -247,12 +257,22 @@ class Scorer:
         for i in empty:  # nothing to score
             results[i] = _span(sequences[i], starts[i], np.zeros(0), np.zeros(0, bool),
                                np.zeros(0, int))
+        if self.pack:
+            rows = pack_rows(inputs, max_tokens=self.max_batch_tokens, max_length=self._window)
+        else:
+            rows = [PackedRow.single(k, x) for k, x in enumerate(inputs)]
+        # Packed rows run apart from single ones, which keep the model's own masks.
+        alone = [k for k, row in enumerate(rows) if len(row.members) == 1]
+        packed = [k for k, row in enumerate(rows) if len(row.members) > 1]
+        batches = [[group[b] for b in batch] for group in (alone, packed)
+                   for batch in self._batches([len(rows[k].ids) for k in group])]
         with progress_bar(len(sequences), description, self.progress) as advance:
             if empty:
                 advance(len(empty))
-            for batch in self._batches([len(x) for x in inputs]):
-                requests = [[(i, sequences[i], starts[i]) for i in served[b]] for b in batch]
-                self._forward_batch([inputs[b] for b in batch], requests, device, results)
+            for batch in batches:
+                requests = [[(m, i, sequences[i], starts[i]) for m, k in enumerate(rows[b].members)
+                             for i in served[k]] for b in batch]
+                self._forward_batch([rows[b] for b in batch], requests, device, results)
                 advance(sum(len(r) for r in requests))
         return results  # type: ignore[return-value]
 
@@ -261,20 +281,26 @@ class Scorer:
 
     def _forward_batch(
         self,
-        inputs: list[Sequence[int]],
-        requests: list[list[tuple[int, Sequence[int], int]]],
+        packed: list[PackedRow],
+        requests: list[list[tuple[int, int, Sequence[int], int]]],
         device: torch.device,
         results: list[TokenLogprobs | None],
     ) -> None:
-        """One forward pass of `inputs`; row r serves `requests[r]`, each (result index,
-        sequence, start) whose `sequence[:-1]` is a prefix of `inputs[r]`."""
-        ids, mask, positions = pad_batch(inputs, self.pad_token_id)
+        """One forward pass of the rows `packed`; row r serves `requests[r]`, each (member,
+        result index, sequence, start) whose `sequence[:-1]` is a prefix of that member of the
+        row."""
+        if len(packed[0].members) == 1:  # a batch of single rows (token_logprobs)
+            ids, mask, positions = pad_batch([row.ids for row in packed], self.pad_token_id)
+        else:
+            dtype = next(self.model.parameters()).dtype
+            ids, mask, positions = tree_batch(packed, self.pad_token_id, dtype)
         # Only the positions that predict a scored token: (row, position of the previous token).
-        flat = [(r, seq, st) for r, group in enumerate(requests) for _, seq, st in group]
-        rows = torch.cat([torch.full((len(s) - st,), r) for r, s, st in flat]).to(device)
-        cols = torch.cat([torch.arange(st - 1, len(s) - 1) for _, s, st in flat]).to(device)
+        flat = [(r, m, seq, st) for r, group in enumerate(requests) for m, _, seq, st in group]
+        rows = torch.cat([torch.full((len(s) - st,), r) for r, _, s, st in flat]).to(device)
+        cols = torch.cat([packed[r].index(m, torch.arange(st - 1, len(s) - 1))
+                          for r, m, s, st in flat]).to(device)
         targets = torch.cat([torch.as_tensor(list(s[st:]), dtype=torch.long)
-                             for _, s, st in flat]).to(device)
+                             for *_, s, st in flat]).to(device)
         if self._upper is None:
             logits = self.model(
                 input_ids=ids.to(device),
@@ -287,9 +313,10 @@ class Scorer:
             from fairstamp.scoring.upper import Batch
 
             batch = Batch(ids.to(device), mask.to(device), positions.to(device),
-                          [len(x) for x in inputs])
+                          [len(row.ids) for row in packed])
             if self.lower_cache is not None:
-                picked = self.lower_cache.logits(tuple(inputs), batch, rows, cols)
+                key = tuple((row.ids, row.cuts) for row in packed)
+                picked = self.lower_cache.logits(key, batch, rows, cols)
             else:
                 picked = self._upper.logits(batch, None, rows, cols)
             picked = picked.float()
@@ -299,7 +326,7 @@ class Scorer:
         greedy = (top1 == targets).cpu().numpy()
         top1 = top1.cpu().numpy()
         offset = 0
-        for i, seq, start in (request for group in requests for request in group):
+        for _, i, seq, start in (request for group in requests for request in group):
             end = offset + len(seq) - start
             results[i] = _span(seq, start, logprobs[offset:end], greedy[offset:end],
                                top1[offset:end])
@@ -389,6 +416,115 @@ def shared_inputs(sequences: Sequence[Sequence[int]], starts: Sequence[int]
     return inputs, served
 
 
+@dataclass(frozen=True)
+class PackedRow:
+    """One row of a forward pass: the members' common prefix (`ids[:shared]`), then each
+    member's own tokens, member m's from `cuts[m]` to `cuts[m + 1]`. `members` index the inputs
+    packed here; a row of one member is that input as it is."""
+
+    ids: tuple[int, ...]
+    shared: int
+    cuts: tuple[int, ...]  # len(members) + 1 boundaries
+    members: tuple[int, ...]
+
+    @classmethod
+    def single(cls, index: int, sequence: Sequence[int]) -> PackedRow:
+        ids = tuple(sequence)
+        return cls(ids, len(ids), (len(ids), len(ids)), (index,))
+
+    @classmethod
+    def of(cls, indices: Sequence[int], sequences: Sequence[Sequence[int]]) -> PackedRow:
+        if len(indices) == 1:
+            return cls.single(indices[0], sequences[0])
+        shared = min(_common_prefix(sequences[0], s) for s in sequences[1:])
+        ids, cuts = list(sequences[0][:shared]), [shared]
+        for s in sequences:
+            ids.extend(s[shared:])
+            cuts.append(len(ids))
+        return cls(tuple(ids), shared, tuple(cuts), tuple(indices))
+
+    def index(self, member: int, positions: torch.Tensor) -> torch.Tensor:
+        """Where positions of member `member`'s own sequence lie in this row."""
+        own = self.cuts[member] + positions - self.shared
+        return torch.where(positions < self.shared, positions, own)
+
+    def layout(self) -> tuple[list[int], list[int]]:
+        """Per row token: its position in its own sequence and its branch (0: the common
+        prefix, m + 1: member m's own tokens)."""
+        positions, branch = list(range(self.shared)), [0] * self.shared
+        for m in range(len(self.members)):
+            n = self.cuts[m + 1] - self.cuts[m]
+            positions.extend(range(self.shared, self.shared + n))
+            branch.extend([m + 1] * n)
+        return positions, branch
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pack_rows(inputs: Sequence[Sequence[int]], *, max_tokens: int, min_shared: int = 4,
+              max_members: int = 16, max_length: int | None = None) -> list[PackedRow]:
+    """Rows that cover every input, inputs that begin alike packed into one (see `PackedRow`).
+
+    Sorted, inputs with a common beginning are neighbours; each joins the row of the one before
+    when they share at least `min_shared` tokens and packing saves at least that many, within
+    `max_members` per row and `max_tokens` per row; with a model's local-attention window
+    `max_length`, a packed row is no longer than that window (some models apply the window by
+    place in the row, and a packed row's mask of its own does not apply it at all, so neither can
+    matter). No input may be a prefix of another (`shared_inputs` gives such inputs)."""
+    order = sorted(range(len(inputs)), key=lambda k: tuple(inputs[k]))
+    limit = max_tokens if max_length is None else min(max_tokens, max_length)
+    groups: list[list[int]] = []
+    shared = 0
+    for k in order:
+        seq = inputs[k]
+        if groups:
+            group = groups[-1]
+            first = inputs[group[0]]
+            common = min(shared, _common_prefix(first, seq)) if len(group) > 1 else (
+                _common_prefix(first, seq))
+            alone = [len(inputs[j]) for j in group]
+            packed_now = (shared + sum(n - shared for n in alone)) if len(group) > 1 else alone[0]
+            packed_new = common + sum(n - common for n in alone) + len(seq) - common
+            if (common >= min_shared and len(group) < max_members and packed_new <= limit
+                    and packed_now + len(seq) - packed_new >= min_shared):
+                group.append(k)
+                shared = common
+                continue
+        groups.append([k])
+        shared = len(seq)
+    return [PackedRow.of(g, [inputs[k] for k in g]) for g in groups]
+
+
+def tree_batch(rows: Sequence[PackedRow], pad_token_id: int, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) of packed rows, right-padded: the mask is 4D
+    [N, 1, longest, longest] and additive (0 where a token may attend, the dtype's minimum
+    elsewhere): each token sees the common prefix and its own member's earlier tokens; positions
+    are each token's position in its own sequence."""
+    width = max(len(row.ids) for row in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    positions = torch.arange(width).unsqueeze(0).repeat(len(rows), 1)
+    branch = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding
+    for r, row in enumerate(rows):
+        pos, br = row.layout()
+        ids[r, : len(row.ids)] = torch.as_tensor(row.ids, dtype=torch.long)
+        positions[r, : len(pos)] = torch.as_tensor(pos, dtype=torch.long)
+        branch[r, : len(br)] = torch.as_tensor(br, dtype=torch.long)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = (branch.unsqueeze(1) == 0) | (branch.unsqueeze(1) == branch.unsqueeze(2))
+    allowed = causal & same  # [N, query, key]; padding queries see the prefix and padding
+    mask = torch.zeros(len(rows), 1, width, width, dtype=dtype)
+    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+    return ids, mask, positions
+
+
 def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Log-probability of each token given the ones before it, from one forward pass.
 
@@ -445,6 +581,16 @@ def _prefix_token(tokenizer: Any) -> tuple[int | None, str]:
     log.warning("tokenizer defines neither BOS nor EOS: the first token of each sentence is not "
                 "scored")
     return None, "none"
+
+
+def attention_window(model: nn.Module) -> int | None:
+    """The span of a model's local (sliding-window) attention layers, if it has any: packed
+    rows use a mask of their own, which does not apply that window, so longer inputs are not
+    packed."""
+    config = getattr(model, "config", None)
+    spans = [getattr(config, name, None) for name in ("sliding_window", "window_size")]
+    spans = [v for v in spans if isinstance(v, int) and v > 0]
+    return min(spans) if spans else None
 
 
 def max_positions(model: nn.Module) -> int | None:
