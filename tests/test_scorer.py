@@ -281,6 +281,11 @@ def test_pack_rows_put_inputs_that_begin_alike_in_one_row():
     assert len(pack_rows(inputs, max_tokens=100, max_length=7)) == 5
     same = [(1, 2, 3, 4, 5, k) for k in range(10, 20)]
     assert [len(r.members) for r in pack_rows(same, max_tokens=100, max_members=4)] == [4, 4, 2]
+    # Long inputs that share a short beginning stay apart: the row's attention would cost more
+    # than the shared tokens save. A longer shared part is worth it.
+    long = [(1, 2, 3, 4, 5, 6, *[k] * 600) for k in (7, 8)]
+    assert len(pack_rows(long, max_tokens=4096)) == 2
+    assert len(pack_rows([(*range(500), k, k) for k in (-1, -2)], max_tokens=4096)) == 1
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -468,37 +468,46 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+#: Packing weighs a row of n tokens as n + n²/ATTENTION_SPAN positions: attention grows with the
+#: square of a row's length (~n/3,500 of the per-token work at smollm2's and gemma-3-270m's
+#: widths, more with a masked attention kernel), so long inputs that share a short beginning
+#: are not worth one row.
+ATTENTION_SPAN = 1024
+
+
+def _row_cost(n: int) -> float:
+    return n + n * n / ATTENTION_SPAN
+
+
 def pack_rows(inputs: Sequence[Sequence[int]], *, max_tokens: int, min_shared: int = 4,
               max_members: int = 16, max_length: int | None = None) -> list[PackedRow]:
     """Rows that cover every input, inputs that begin alike packed into one (see `PackedRow`).
 
     Sorted, inputs with a common beginning are neighbours; each joins the row of the one before
-    when they share at least `min_shared` tokens and packing saves at least that many, within
-    `max_members` per row and `max_tokens` per row; with a model's local-attention window
-    `max_length`, a packed row is no longer than that window (some models apply the window by
-    place in the row, and a packed row's mask of its own does not apply it at all, so neither can
-    matter). No input may be a prefix of another (`shared_inputs` gives such inputs)."""
+    when they share at least `min_shared` tokens and the row then costs at least `min_shared`
+    positions less than the two apart (`ATTENTION_SPAN`), within `max_members` per row and
+    `max_tokens` per row; with a model's local-attention window `max_length`, a packed row is no
+    longer than that window (some models apply the window by place in the row, and a packed row's
+    mask of its own does not apply it at all, so neither can matter). No input may be a prefix of
+    another (`shared_inputs` gives such inputs)."""
     order = sorted(range(len(inputs)), key=lambda k: tuple(inputs[k]))
     limit = max_tokens if max_length is None else min(max_tokens, max_length)
     groups: list[list[int]] = []
-    shared = 0
+    shared = length = 0  # of the last group's row
     for k in order:
         seq = inputs[k]
         if groups:
             group = groups[-1]
-            first = inputs[group[0]]
-            common = min(shared, _common_prefix(first, seq)) if len(group) > 1 else (
-                _common_prefix(first, seq))
-            alone = [len(inputs[j]) for j in group]
-            packed_now = (shared + sum(n - shared for n in alone)) if len(group) > 1 else alone[0]
-            packed_new = common + sum(n - common for n in alone) + len(seq) - common
-            if (common >= min_shared and len(group) < max_members and packed_new <= limit
-                    and packed_now + len(seq) - packed_new >= min_shared):
+            common = min(shared, _common_prefix(inputs[group[0]], seq))
+            packed = common + sum(len(inputs[j]) - common for j in group) + len(seq) - common
+            if (common >= min_shared and len(group) < max_members and packed <= limit
+                    and _row_cost(packed) + min_shared
+                    <= _row_cost(length) + _row_cost(len(seq))):
                 group.append(k)
-                shared = common
+                shared, length = common, packed
                 continue
         groups.append([k])
-        shared = len(seq)
+        shared = length = len(seq)
     return [PackedRow.of(g, [inputs[k] for k in g]) for g in groups]
 
 
