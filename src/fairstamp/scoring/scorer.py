@@ -301,6 +301,11 @@ class Scorer:
                           for r, m, s, st in flat]).to(device)
         targets = torch.cat([torch.as_tensor(list(s[st:]), dtype=torch.long)
                              for *_, s, st in flat]).to(device)
+        # Members of a packed row share their prefix's positions, and inputs served by one row
+        # share its positions: each (row, position) is unembedded once.
+        width = ids.shape[1]
+        where, inverse = torch.unique(rows * width + cols, return_inverse=True)
+        rows, cols = where // width, where % width
         if self._upper is None:
             logits = self.model(
                 input_ids=ids.to(device),
@@ -320,9 +325,9 @@ class Scorer:
             else:
                 picked = self._upper.logits(batch, None, rows, cols)
             picked = picked.float()
-        target_logits = picked.gather(1, targets.unsqueeze(1)).squeeze(1)
-        logprobs = (target_logits - torch.logsumexp(picked, dim=-1)).double().cpu().numpy()
-        top1 = picked.argmax(dim=-1)
+        target_logits = picked[inverse, targets]
+        logprobs = (target_logits - torch.logsumexp(picked, dim=-1)[inverse]).double().cpu().numpy()
+        top1 = picked.argmax(dim=-1)[inverse]
         greedy = (top1 == targets).cpu().numpy()
         top1 = top1.cpu().numpy()
         offset = 0
