@@ -104,6 +104,46 @@ def test_stamp_reading_the_mlp_input():
     assert not torch.allclose(logits(loaded.model), before)
 
 
+def test_gemma3_stamp_adds_to_the_residual_stream_after_the_post_feed_forward_norm():
+    loaded = loaded_tiny("gemma3_text")
+    layer = loaded.arch.layer(loaded.model, 1)
+    stamp = new_stamp(loaded, 1, width=8)
+    randomise(stamp.module)
+    stamp.attach_to(loaded)
+    assert layer.post_feedforward_layernorm.base_layer is not None  # the norm is wrapped
+    seen = {}
+    layer.pre_feedforward_layernorm.register_forward_hook(
+        lambda m, a, out: seen.__setitem__("residual", a[0]))  # the residual after attention
+    layer.register_forward_hook(lambda m, a, out: seen.__setitem__(
+        "out", out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        logits(loaded.model)
+        normed = layer.post_feedforward_layernorm.base_layer(
+            layer.mlp(layer.pre_feedforward_layernorm(seen["residual"])))
+    # layer output = residual + norm(mlp) + stamp(norm(mlp)): the write is not renormalised
+    expected = seen["residual"] + normed + stamp.module(normed)
+    assert torch.allclose(seen["out"], expected, atol=1e-5)
+    with pytest.raises(FairstampError, match="reading the MLP's input"):
+        new_stamp(loaded, 0, width=8, reads="mlp_input").attach_to(loaded)
+
+
+def test_a_stamp_made_for_another_site_is_refused(tmp_path):
+    loaded = loaded_tiny("gemma3_text")
+    stamp = new_stamp(loaded, 1, width=8)
+    assert stamp.config.site == "post_feedforward_layernorm"
+    stamp.save_pretrained(tmp_path / "stamp")
+    path = tmp_path / "stamp" / "stamp_config.json"
+    config = json.loads(path.read_text())
+    del config["site"]  # written before the site was recorded: Gemma 3 stamps sat before the norm
+    path.write_text(json.dumps(config))
+    with pytest.raises(FairstampError, match="train it again"):
+        Stamp.from_pretrained(tmp_path / "stamp", loaded_tiny("gemma3_text"))
+    config["site"] = "mlp"
+    path.write_text(json.dumps(config))
+    with pytest.raises(FairstampError, match="'mlp' of layer 1"):
+        Stamp.from_pretrained(tmp_path / "stamp", loaded_tiny("gemma3_text"))
+
+
 def test_save_load_gives_the_same_logits(tmp_path):
     loaded = loaded_tiny("qwen2")
     stamp = new_stamp(loaded, 2, width=8, seed=3)

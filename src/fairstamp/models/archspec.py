@@ -22,11 +22,16 @@ class ArchSpec:
     mlp:           path, relative to a layer, of the module whose output is the MLP's contribution
                    to the residual stream (before any dropout or residual add). Its output is
                    [batch, seq, hidden], except where `mlp_output_flat` says [batch*seq, hidden].
+                   Where a norm follows the MLP (`mlp_normed`), that norm: the stamp and the
+                   tracing hooks act on what the layer adds to the residual stream.
     mlp_out_proj:  relative path of the MLP's output projection (the Linear that ROME/FT-L edit).
     attn:          relative path of the attention module (its first output is the attention output).
     embed:         absolute path of the token embedding.
     final_norm:    absolute path of the final normalisation before the unembedding.
     unembed:       absolute path of the output projection to the vocabulary.
+
+    mlp_normed:    `mlp` is a norm applied to the MLP's output (Gemma 3's post-feed-forward
+                   RMSNorm), so its input is the MLP's raw output, not what the MLP reads.
 
     A path may list alternatives separated by `|`; the first that exists is used.
     """
@@ -41,6 +46,7 @@ class ArchSpec:
     final_norm: str
     unembed: str
     mlp_output_flat: bool = False
+    mlp_normed: bool = False
 
     def num_layers(self, model: nn.Module) -> int:
         return len(get_module(model, self.layers))
@@ -160,9 +166,12 @@ ARCH_SPECS: tuple[ArchSpec, ...] = (
     ArchSpec(family="Llama/SmolLM", model_types=("llama",), **_LLAMA_LIKE),
     ArchSpec(family="Mistral", model_types=("mistral",), **_LLAMA_LIKE),
     ArchSpec(family="Qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
-    # Gemma 3's MLP output is followed by post_feedforward_layernorm inside the layer; the stamp and
-    # the tracing hooks act on the MLP module's own output, before that norm.
-    ArchSpec(family="Gemma 3", model_types=("gemma3_text",), **_LLAMA_LIKE),
+    # Gemma 3 normalises the MLP's output (post_feedforward_layernorm) before adding it to the
+    # residual stream: the stamp sits after that norm, where its write is not rescaled by the
+    # activations it changes (docs/fast.md, gemma-3-270m). The attention output's norm does not
+    # matter to tracing (restoring its input restores it).
+    ArchSpec(family="Gemma 3", model_types=("gemma3_text",),
+             **{**_LLAMA_LIKE, "mlp": "post_feedforward_layernorm"}, mlp_normed=True),
 )
 
 _BY_MODEL_TYPE = {mt: spec for spec in ARCH_SPECS for mt in spec.model_types}

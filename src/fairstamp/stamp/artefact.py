@@ -64,6 +64,7 @@ class StampConfig:
     width: int
     activation: str = "gelu"
     reads: str = "mlp_output"
+    site: str | None = None  # the module the stamp wraps, relative to its layer (ArchSpec.mlp)
     seed: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
     fairstamp_version: str = __version__
@@ -158,6 +159,13 @@ class Stamp:
         if hidden != self.config.hidden:
             raise FairstampError(f"this stamp expects hidden size {self.config.hidden}; "
                                  f"{loaded.name} has {hidden}")
+        site = loaded.arch.mlp
+        if self.config.site != site and (self.config.site is not None or loaded.arch.mlp_normed):
+            # Before `site` was recorded, Gemma 3 stamps sat before the post-feed-forward norm.
+            made = self.config.site or "before the norm that follows the MLP"
+            raise FairstampError(
+                f"this stamp was made to sit at {made!r} of layer {self.config.layer}; fairstamp "
+                f"puts {loaded.arch.family} stamps at {site!r}: train it again")
         fingerprint = model_fingerprint(loaded.model)
         if fingerprint != self.config.fingerprint:
             message = (f"this stamp was made for {self.config.base_model} (fingerprint "
@@ -192,7 +200,7 @@ def new_stamp(loaded: Any, layer: int, *, width: int, activation: str = "gelu",
     config = StampConfig(base_model=loaded.name, fingerprint=model_fingerprint(loaded.model),
                          model_type=loaded.model.config.model_type, family=arch.family,
                          layer=layer, hidden=hidden, width=width, activation=activation,
-                         reads=reads, seed=seed, training=dict(training or {}))
+                         reads=reads, site=arch.mlp, seed=seed, training=dict(training or {}))
     return Stamp(module, config)
 
 

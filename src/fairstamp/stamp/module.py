@@ -8,7 +8,8 @@ wrapper returns the base output object itself, so the model is bitwise unchanged
 
 What a stamp reads [ours]: `reads="mlp_output"` (SPEC §4: the MLP's output, which the stamp then
 corrects) or `"mlp_input"` (the normalised residual stream the MLP reads); docs/fast.md has the
-measurement behind the default.
+measurement behind the default. Where a norm follows the MLP (Gemma 3, `ArchSpec.mlp_normed`) the
+wrapped module is that norm, the MLP's output is the normalised one, and `"mlp_input"` is refused.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def attach(model: nn.Module, arch: ArchSpec, layer: int, stamp: FairnessStamp) -
     n = arch.num_layers(model)
     if not 0 <= layer < n:
         raise FairstampError(f"layer {layer} out of range: the model has {n} layers (0-{n - 1})")
+    if stamp.reads == "mlp_input" and arch.mlp_normed:
+        raise FairstampError(f"a stamp reading the MLP's input is not supported on {arch.family}: "
+                             f"the stamp sits after the norm that follows its MLP; use "
+                             f"reads='mlp_output'")
     path = arch.mlp_path(layer)
     module = get_module(model, path)
     if not isinstance(module, StampedMLP):
