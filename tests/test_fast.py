@@ -328,3 +328,35 @@ def test_cosine_learning_rate_runs_from_lr_to_lr_final():
         schedule.step()
     assert used[0] == 1e-2 and used[-1] == pytest.approx(1e-3)
     assert all(a > b for a, b in itertools.pairwise(used))
+
+
+def test_balanced_draws_split_each_step_evenly_across_bias_types():
+    from fairstamp.fast.train import _Balanced, _Cycler
+
+    groups = [list(range(0, 10)), list(range(10, 13)), list(range(13, 43))]
+    draws = _Balanced(groups, torch.Generator().manual_seed(0))
+    counts = np.zeros(3, dtype=int)
+    for _ in range(30):
+        batch = draws.take(8)
+        per = [sum(k in g for k in batch) for g in groups]
+        assert len(batch) == 8 and sorted(per) == [2, 3, 3]  # 8 over 3 types: 3, 3, 2
+        counts += per
+    assert counts.tolist() == [80, 80, 80]  # the odd share goes round
+    # Every group cycles through all of its indices before repeating one.
+    fresh = _Balanced(groups, torch.Generator().manual_seed(0))
+    drawn = list(itertools.chain.from_iterable(fresh.take(3) for _ in range(3)))
+    assert sorted(k for k in drawn if 10 <= k < 13) == [10, 11, 12]
+    assert len({k for k in drawn if k < 10}) == 3  # no repeat within an epoch
+    # One group draws what the plain cycler draws.
+    one = _Balanced([list(range(20))], torch.Generator().manual_seed(1))
+    plain = _Cycler(20, torch.Generator().manual_seed(1))
+    assert [one.take(7) for _ in range(5)] == [plain.take(7) for _ in range(5)]
+
+
+def test_balanced_training_runs_and_is_reproducible(tiny_tokenizer):
+    mixed = [*load_stereoset(bias_types=["gender"], limit=8),
+             *load_stereoset(bias_types=["religion"], limit=4)]
+    stamps = [fit(tiny_tokenizer, mixed, balance_types=True)[1].stamp.module for _ in range(2)]
+    plain = fit(tiny_tokenizer, mixed)[1].stamp.module
+    assert torch.equal(stamps[0].down.weight, stamps[1].down.weight)
+    assert not torch.equal(stamps[0].down.weight, plain.down.weight)

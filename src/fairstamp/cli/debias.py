@@ -58,6 +58,9 @@ def debias_command(
     check_every: Annotated[int, typer.Option(min=0, help="Steps between SS checks of all "
                                              "edited items (0: max(10, items / 40)).")] = 0,
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")] = 32,
+    balance_types: Annotated[bool, typer.Option(
+        "--balance-types", help="Draw each step's pairs evenly across the bias types (else in "
+        "proportion to their items; docs/fast.md).")] = False,
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")] = 2,
     passages: Annotated[int, typer.Option(min=0, help="WikiText-2 valid passages of 300 words "
@@ -111,7 +114,8 @@ def debias_command(
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay, alpha=alpha,
                         beta=beta, gamma=gamma, lm_smooth=lm_smooth, lr_final=lr_final,
                         max_steps=max_steps, check_every=check_every,
-                        batch_pairs=batch_pairs, framings=framings, seed=seed)
+                        batch_pairs=batch_pairs, balance_types=balance_types,
+                        framings=framings, seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit, n_passages=passages,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,

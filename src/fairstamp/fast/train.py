@@ -80,6 +80,7 @@ class LoopSettings:
     pass_size: int = 16  # sentences per forward pass within a step, grouped by length
     lr_final: float = 1.0  # learning rate at the last step, as a fraction of the first (cosine)
     check_every: int = 0  # 0: max(10, ceil(items / 40)) steps
+    balance_types: bool = False  # each step draws its pairs evenly across the items' bias types
     ss_tolerance: float = 1.0
     flat_tolerance: float = 0.05
     framings: int = 2
@@ -311,7 +312,12 @@ def train_at_layer(
                  trainable.what, layer, len(items), len(pairs), len(group_texts),
                  len(generic_sentences), len(generic_passages))
         schedule = _cosine(optimizer, config.max_steps, config.lr_final)
-        pair_order = _Cycler(len(pairs), generator)
+        if config.balance_types:
+            types = [items[k % n_plain].bias_type for k in range(len(pairs))]
+            pair_order = _Balanced([[k for k, t in enumerate(types) if t == b]
+                                    for b in dict.fromkeys(types)], generator)
+        else:
+            pair_order = _Cycler(len(pairs), generator)
         for kl_set in kl_sets:
             kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
         check_every = config.check_interval(n_plain)
@@ -404,6 +410,27 @@ class _Cycler:
         while len(self.queue) < k:
             self.queue.extend(torch.randperm(self.n, generator=self.generator).tolist())
         out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+class _Balanced:
+    """Indices drawn evenly across groups (the pairs of each bias type), each group in its own
+    seeded order; the remainder of an uneven split goes to the groups in turn. One group draws
+    exactly what `_Cycler` over its indices draws."""
+
+    def __init__(self, groups: Sequence[Sequence[int]], generator: torch.Generator) -> None:
+        self.groups = [list(g) for g in groups]
+        self.cyclers = [_Cycler(len(g), generator) for g in self.groups]
+        self.turn = 0
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        n = len(self.groups)
+        for j in range(n):
+            g = (self.turn + j) % n
+            share = k // n + (1 if j < k % n else 0)
+            out.extend(self.groups[g][i] for i in self.cyclers[g].take(share))
+        self.turn = (self.turn + k) % n
         return out
 
 
