@@ -330,6 +330,13 @@ def test_cosine_learning_rate_runs_from_lr_to_lr_final():
     assert all(a > b for a, b in itertools.pairwise(used))
 
 
+def test_a_stamp_input_the_architecture_lacks_is_refused_before_training(tiny_tokenizer, items):
+    loaded = tiny(tiny_tokenizer, "gemma3_text")
+    with pytest.raises(FairstampError, match="reading the MLP's input"):
+        fit_stamp(loaded, items, 1, config=FitConfig(reads="mlp_input"), progress=False)
+    assert not stamps_of(loaded.model, loaded.arch)
+
+
 def test_balanced_draws_split_each_step_evenly_across_bias_types():
     from fairstamp.fast.train import _Balanced, _Cycler
 

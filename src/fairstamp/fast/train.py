@@ -53,7 +53,7 @@ from fairstamp.scoring import Scorer
 from fairstamp.scoring.scorer import length_batches
 from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.stamp.artefact import Stamp, new_stamp
-from fairstamp.stamp.module import detach
+from fairstamp.stamp.module import check_reads, detach
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def fit_stamp(
     must preserve: that is sequential editing by stacking.
     """
     config = config or FitConfig()
+    check_reads(loaded.arch, config.reads)  # before minutes of setup
     if text is not None:
         retention_sentences, generic_sentences, generic_passages = (
             text.retention_sentences, text.generic_sentences, text.generic_passages)

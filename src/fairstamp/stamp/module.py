@@ -85,16 +85,21 @@ class StampedMLP(nn.Module):
         return replace_first(output, h)
 
 
+def check_reads(arch: ArchSpec, reads: str) -> None:
+    """Refuse a stamp input this architecture does not offer."""
+    if reads == "mlp_input" and arch.mlp_normed:
+        raise FairstampError(f"a stamp reading the MLP's input is not supported on {arch.family}: "
+                             f"the stamp sits after the norm that follows its MLP; use "
+                             f"reads='mlp_output'")
+
+
 def attach(model: nn.Module, arch: ArchSpec, layer: int, stamp: FairnessStamp) -> StampedMLP:
     """Add `stamp` after layer `layer`'s MLP (wrapping the MLP on first use); the stamp moves to
     the MLP's device. Returns the wrapper."""
     n = arch.num_layers(model)
     if not 0 <= layer < n:
         raise FairstampError(f"layer {layer} out of range: the model has {n} layers (0-{n - 1})")
-    if stamp.reads == "mlp_input" and arch.mlp_normed:
-        raise FairstampError(f"a stamp reading the MLP's input is not supported on {arch.family}: "
-                             f"the stamp sits after the norm that follows its MLP; use "
-                             f"reads='mlp_output'")
+    check_reads(arch, stamp.reads)
     path = arch.mlp_path(layer)
     module = get_module(model, path)
     if not isinstance(module, StampedMLP):
