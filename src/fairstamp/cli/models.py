@@ -31,7 +31,8 @@ def models(cache_dir: CacheDirOpt = None) -> None:
         )
     out.print(table)
     arch = Table(title="Supported architectures (any Hugging Face causal LM of these families)")
-    for column in ("family", "model_type", "layers", "MLP output", "MLP out proj", "attention"):
+    for column in ("family", "model_type", "layers", "MLP output (stamp site)", "MLP out proj",
+                   "attention"):
         arch.add_column(column)
     for spec in ARCH_SPECS:
         arch.add_row(spec.family, ", ".join(spec.model_types), spec.layers, spec.mlp,
