@@ -314,7 +314,8 @@ def train_at_layer(
                  len(generic_sentences), len(generic_passages))
         schedule = _cosine(optimizer, config.max_steps, config.lr_final)
         if config.balance_types:
-            types = [items[k % n_plain].bias_type for k in range(len(pairs))]
+            type_of = {item.id: item.bias_type for item in items}
+            types = [type_of[item_id] for *_, item_id in pairs]
             pair_order = _Balanced([[k for k, t in enumerate(types) if t == b]
                                     for b in dict.fromkeys(types)], generator)
         else:
