@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA, build_tiny_model
+from conftest import ARCHS, SHARED_DATA, build_tiny_model
 from fairstamp.cli.main import main
 from fairstamp.data.stereoset import load_stereoset
 from fairstamp.errors import DataError, FairstampError
@@ -237,7 +237,8 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     common = ["--model", tiny_model_dir, "--data-dir", SHARED_DATA]
     assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "30",
                     "--trace-items", "2", "--suite", "biascope", "--max-steps", "4",
-                    "--width", "8", "--bootstrap", "10", "--out", out]) == 0
+                    "--width", "8", "--bootstrap", "10", "--train-vocab", "seen", "--out",
+                    out]) == 0
     for name in ("stamp_config.json", "stamp.safetensors", "edited_items.json", "trace.json",
                  "metrics.json", "report.md", "before/metrics.json", "after/predictions.json",
                  "plots/edited_ss.png", "plots/training.png"):
@@ -248,7 +249,12 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert metrics["after"]["metrics"]["edited"]["n_items"] == len(edited)
     assert "rs" in metrics["after"]["metrics"]["retention"]
     assert metrics["layer_source"] == "rule two-thirds" and metrics["layer"] == 2
+    assert metrics["config"]["fit"]["train_vocab"] == "seen"
+    assert 0 < metrics["fit"]["vocab_size"] <= 300
     assert "SS on the edited items" in capsys.readouterr().out
+    assert run_cli(["debias", *common, "--train-vocab", "some", "--out", tmp_path / "x"]) == 2
+    assert "train_vocab must be one of auto, full, seen" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
     assert run_cli(["debias", *common, "--limit", "30", "--out", out]) == 2  # exists
 
@@ -367,3 +373,73 @@ def test_balanced_training_runs_and_is_reproducible(tiny_tokenizer):
     plain = fit(tiny_tokenizer, mixed)[1].stamp.module
     assert torch.equal(stamps[0].down.weight, stamps[1].down.weight)
     assert not torch.equal(stamps[0].down.weight, plain.down.weight)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_restricted_logits_are_the_full_logits_of_those_tokens(tiny_tokenizer, arch):
+    """`UpperForward.restricted` computes the logits of a vocabulary subset only (the same values
+    as the full logits' columns) and puts the model's own unembedding back, even on error."""
+    from fairstamp.models.archspec import get_module
+    from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
+
+    loaded = tiny(tiny_tokenizer, arch)
+    upper = UpperForward(loaded.model, loaded.arch, 0)
+    unembed = get_module(loaded.model, loaded.arch.unembed)
+    scorer = Scorer.from_loaded(loaded)
+    batch = Batch.of([scorer.encode("The nurse said she was tired."),
+                      scorer.encode("Hello there.")], scorer.pad_token_id)
+    rows, cols = torch.tensor([0, 0, 1]), torch.tensor([0, 3, 1])
+    full = upper.logits(batch, None, rows, cols)
+    vocab = Vocabulary.of([7, 3, 200, 3, 41], upper.vocab_size())
+    assert vocab.ids.tolist() == [3, 7, 41, 200] and vocab.index[41] == 2 and vocab.index[8] == -1
+    with upper.restricted(vocab):
+        sub = upper.logits(batch, None, rows, cols)
+        with pytest.raises(RuntimeError, match="already restricted"), upper.restricted(vocab):
+            pass
+    torch.testing.assert_close(sub, full[:, vocab.ids], rtol=0, atol=1e-6)
+    assert get_module(loaded.model, loaded.arch.unembed) is unembed and upper.vocab is None
+    with pytest.raises(KeyError), upper.restricted(vocab):
+        raise KeyError("a failing step")
+    assert get_module(loaded.model, loaded.arch.unembed) is unembed
+    with pytest.raises(ValueError, match="token ids"):
+        Vocabulary.of([upper.vocab_size()], upper.vocab_size())
+
+
+def test_training_on_the_seen_vocabulary(tiny_tokenizer, items):
+    """train_vocab="seen": with a top-k that covers the whole vocabulary it is the full loss (the
+    same stamp); with a small top-k it trains over a strict subset, reproducibly, and still
+    closes the gaps, and the model's own unembedding is back afterwards."""
+    from fairstamp.models.archspec import get_module
+
+    vocab_size = get_module(tiny(tiny_tokenizer).model, "lm_head").weight.shape[0]
+    _, full = fit(tiny_tokenizer, items, kl_top_k=vocab_size)
+    _, covered = fit(tiny_tokenizer, items, kl_top_k=vocab_size, train_vocab="seen")
+    assert covered.vocab_size == full.vocab_size == vocab_size
+    a, b = full.stamp.state_dict(), covered.stamp.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    before = mean_abs_gap(tiny(tiny_tokenizer), items)
+    runs = []
+    for _ in range(2):
+        loaded, result = fit(tiny_tokenizer, items, kl_top_k=4, train_vocab="seen",
+                             max_steps=30, check_every=10, keep_best=False)
+        runs.append(result)
+        assert isinstance(get_module(loaded.model, "lm_head"), torch.nn.Linear)
+    assert 0 < runs[0].vocab_size < vocab_size
+    assert runs[0].summary()["vocab_size"] == runs[0].vocab_size
+    assert mean_abs_gap(loaded, items) < 0.5 * before
+    assert runs[0].history == [{**h, "seconds": runs[0].history[i]["seconds"]}
+                               for i, h in enumerate(runs[1].history)]
+    with pytest.raises(FairstampError, match="train_vocab"):
+        FitConfig(train_vocab="some")
+
+
+def test_auto_training_vocabulary_follows_the_vocabulary_size(tiny_tokenizer, items, monkeypatch):
+    import fairstamp.fast.train as train
+
+    _, small = fit(tiny_tokenizer, items, kl_top_k=4, max_steps=2)  # auto; 300 tokens
+    assert small.vocab_size == 300
+    monkeypatch.setattr(train, "SEEN_VOCAB_ABOVE", 299)
+    _, large = fit(tiny_tokenizer, items, kl_top_k=4, max_steps=2)
+    _, seen = fit(tiny_tokenizer, items, kl_top_k=4, max_steps=2, train_vocab="seen")
+    assert large.vocab_size == seen.vocab_size < 300

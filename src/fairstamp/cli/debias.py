@@ -66,6 +66,11 @@ def debias_command(
     passages: Annotated[int, typer.Option(min=0, help="WikiText-2 valid passages of 300 words "
                                           "in L_s2, besides 200 sentences (0: sentences only; "
                                           "docs/fast.md, Perplexity).")] = 32,
+    train_vocab: Annotated[str, typer.Option(
+        help="What training normalises log-probabilities over: full (the whole vocabulary), "
+        "seen (the training text's tokens plus the original model's 64 most likely at every "
+        "trained position) or auto (seen above 100k tokens). Evaluation always uses the whole "
+        "vocabulary (docs/fast.md, Training vocabulary).")] = "auto",
     held_out_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Share of targets never edited (held-out SS).")] = 0.2,
     suite: Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | "
@@ -115,7 +120,7 @@ def debias_command(
                         beta=beta, gamma=gamma, lm_smooth=lm_smooth, lr_final=lr_final,
                         max_steps=max_steps, check_every=check_every,
                         batch_pairs=batch_pairs, balance_types=balance_types,
-                        framings=framings, seed=seed)
+                        framings=framings, train_vocab=train_vocab, seed=seed)
         config = DebiasConfig(model=model, data=data, bias_types=split_list(bias_types),
                               limit=limit, n_passages=passages,
                               held_out_fraction=held_out_fraction, seed=seed, layer=layer,

@@ -94,6 +94,24 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     )
 
 
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put `module` at `path` (the first of its `|` alternatives that exists), replacing what was
+    there."""
+    for candidate in path.split("|"):
+        parent_path, _, name = candidate.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+            getattr(parent, name)
+        except AttributeError:
+            continue
+        setattr(parent, name, module)
+        return
+    raise UnsupportedArchitectureError(
+        f"module path {path!r} not found in {type(model).__name__}; the ArchSpec entry does not "
+        f"match this model"
+    )
+
 _LLAMA_LIKE = dict(
     layers="model.layers",
     mlp="mlp",

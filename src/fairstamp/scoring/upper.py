@@ -5,20 +5,23 @@ the stamp), so their output, the hidden states entering layer l, is computed onc
 sentence (`capture`) and fed back in every step (`logits`): the lower layers are swapped for
 pass-through modules for the duration of the call, and a pre-hook on layer l substitutes the cached
 states. The unembedding is applied only at the positions a loss reads (a pre-hook on the unembedding
-module selects them), which matters for models with large vocabularies. Works through the model's
-own forward, so masks, rotary embeddings and final norms stay the model's.
+module selects them), which matters for models with large vocabularies; within `restricted(vocab)`
+the unembedding computes the logits of a subset of the vocabulary only (stamp training's
+`train_vocab="seen"`). Works through the model's own forward, so masks, rotary embeddings, final
+norms and logit soft-capping stay the model's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fairstamp.models.archspec import ArchSpec, get_module
+from fairstamp.errors import FairstampError
+from fairstamp.models.archspec import ArchSpec, get_module, set_module
 from fairstamp.utils.hooks import StopForward, hidden_arg, hooks, replace_hidden_arg
 
 
@@ -41,6 +44,49 @@ class Batch:
                    [len(s) for s in sequences])
 
 
+@dataclass
+class Vocabulary:
+    """A subset of a model's vocabulary: its token ids (sorted) and, for every token id of the
+    model, its index in the subset (-1 where it is not in it)."""
+
+    ids: torch.Tensor
+    index: torch.Tensor
+
+    @classmethod
+    def of(cls, token_ids: Iterable[int], size: int,
+           device: torch.device | str | None = None) -> Vocabulary:
+        ids = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
+        if len(ids) and not 0 <= int(ids[0]) <= int(ids[-1]) < size:
+            raise ValueError(f"token ids must be in [0, {size})")
+        index = torch.full((size,), -1, dtype=torch.long)
+        index[ids] = torch.arange(len(ids))
+        return cls(ids.to(device), index.to(device))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _SubUnembed(nn.Module):
+    """Stands in for a linear unembedding: the logits of the tokens of a `Vocabulary` only, in its
+    order (the same rows of the weight, copied once, frozen)."""
+
+    def __init__(self, unembed: nn.Module, vocab: Vocabulary) -> None:
+        super().__init__()
+        if not isinstance(unembed, nn.Linear):
+            raise FairstampError(f"a restricted training vocabulary needs a linear unembedding, "
+                                 f"not {type(unembed).__name__}; use train_vocab='full'")
+        with torch.no_grad():
+            rows = vocab.ids.to(unembed.weight.device)
+            self.register_buffer("weight", unembed.weight.index_select(0, rows).clone(),
+                                 persistent=False)
+            self.register_buffer("bias", None if unembed.bias is None
+                                 else unembed.bias.index_select(0, rows).clone(),
+                                 persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(hidden, self.weight, self.bias)
+
+
 class _PassThrough(nn.Module):
     """Stands in for a frozen lower layer: returns its hidden states input unchanged, in the
     output structure the real layer uses (a tensor, or a tuple led by the hidden states)."""
@@ -60,6 +106,32 @@ class UpperForward:
     def __init__(self, model: nn.Module, arch: ArchSpec, layer: int) -> None:
         self.model, self.arch, self.layer = model, arch, layer
         self._tuple_output: bool | None = None
+        self.vocab: Vocabulary | None = None  # while `restricted`: logits cover these tokens only
+        self._sub: tuple[Vocabulary, _SubUnembed] | None = None
+
+    def vocab_size(self) -> int:
+        """Tokens in the model's vocabulary (rows of its unembedding)."""
+        return get_module(self.model, self.arch.unembed).weight.shape[0]
+
+    @contextmanager
+    def restricted(self, vocab: Vocabulary | None) -> Iterator[None]:
+        """Logits (from `logits` and `logits_and_states`) cover the tokens of `vocab` only, in its
+        order; the model's own unembedding is back in place on exit. `None`: no change."""
+        if vocab is None:
+            yield
+            return
+        if self.vocab is not None:
+            raise RuntimeError("the vocabulary is already restricted")
+        if self._sub is None or self._sub[0] is not vocab:
+            self._sub = (vocab, _SubUnembed(get_module(self.model, self.arch.unembed), vocab))
+        original = get_module(self.model, self.arch.unembed)
+        set_module(self.model, self.arch.unembed, self._sub[1])
+        self.vocab = vocab
+        try:
+            yield
+        finally:
+            set_module(self.model, self.arch.unembed, original)
+            self.vocab = None
 
     def _call(self, batch: Batch):
         return self.model(input_ids=batch.ids, attention_mask=batch.mask,

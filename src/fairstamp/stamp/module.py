@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fairstamp.errors import FairstampError
-from fairstamp.models.archspec import ArchSpec, get_module
+from fairstamp.models.archspec import ArchSpec, get_module, set_module
 from fairstamp.utils.hooks import first_tensor, hidden_arg, replace_first
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -104,7 +104,7 @@ def attach(model: nn.Module, arch: ArchSpec, layer: int, stamp: FairnessStamp) -
     module = get_module(model, path)
     if not isinstance(module, StampedMLP):
         module = StampedMLP(module)
-        _set_module(model, path, module)
+        set_module(model, path, module)
     param = next(module.base_layer.parameters(), None)
     if param is not None:
         stamp.to(device=param.device)
@@ -125,7 +125,7 @@ def detach(model: nn.Module, arch: ArchSpec, stamp: FairnessStamp | None = None)
         removed += len(module.stamps) - len(keep)
         module.stamps = nn.ModuleList(keep)
         if not keep:
-            _set_module(model, path, module.base_layer)
+            set_module(model, path, module.base_layer)
     return removed
 
 
@@ -152,16 +152,3 @@ def disabled(model: nn.Module, arch: ArchSpec,
     finally:
         for s, was in zip(chosen, before):
             s.enabled = was
-
-
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    for candidate in path.split("|"):
-        parent_path, _, name = candidate.rpartition(".")
-        try:
-            parent = model.get_submodule(parent_path) if parent_path else model
-            getattr(parent, name)
-        except AttributeError:
-            continue
-        setattr(parent, name, module)
-        return
-    raise FairstampError(f"module path {path!r} not found")
