@@ -203,6 +203,7 @@ def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_t
     """Training passes group sentences by length (less padding); the KL targets must still line
     up with each sentence's own positions, and SS must pair each stereo with its anti."""
     from fairstamp.fast.train import _edited_ss, _kl_targets, _Sentences
+    from fairstamp.scoring.scorer import LowerLayerCache
     from fairstamp.scoring.upper import UpperForward
 
     loaded = tiny(tiny_tokenizer)
@@ -217,15 +218,19 @@ def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_t
         at = slice(grouped["offsets"][i], grouped["offsets"][i] + len(ids) - 1)
         assert torch.equal(grouped["idx"][at], alone["idx"])
         torch.testing.assert_close(grouped["lp"][at], alone["lp"], rtol=0, atol=1e-5)
-    pairs = _Sentences([scorer.encode(s) for i in items for s in (i.stereo, i.anti)])
+    pairs = [scorer.encode(s) for i in items for s in (i.stereo, i.anti)]
     gaps = mean_abs_gap(loaded, items)
     ss = 100 * np.mean([a > b for a, b in zip(*(np.asarray(
         Scorer.from_loaded(loaded).score([getattr(i, side) for i in items]).mean)
         for side in ("stereo", "anti")))])
-    for budget in (160, 10**6):
-        got_ss, got_gap = _edited_ss(upper, pairs, len(items), scorer.pad_token_id, "cpu",
-                                     budget)
+    cached = Scorer.from_loaded(loaded, progress=False,
+                                lower_cache=LowerLayerCache(loaded.model, loaded.arch, 1))
+    for checker in (Scorer.from_loaded(loaded, max_batch_tokens=160, progress=False),
+                    Scorer.from_loaded(loaded, max_batch_tokens=10**6, progress=False),
+                    cached, cached):  # the cached scorer records, then replays
+        got_ss, got_gap = _edited_ss(checker, pairs)
         assert got_ss == pytest.approx(ss) and got_gap == pytest.approx(gaps, abs=1e-5)
+    assert cached.lower_cache.replayed > 0 and cached.lower_cache.recomputed == 0
 
 
 def run_cli(args) -> int:

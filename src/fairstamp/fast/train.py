@@ -36,7 +36,8 @@ projection. Everything below is shared by both.
 
 Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps (0,
 the default: every max(10, ⌈items / 40⌉) steps, so that the checks, which score every edited pair,
-stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured, and
+stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured by
+the Scorer, exactly as `eval` measures them (packed rows, the lower layers replayed), and
 training stops when SS is within `ss_tolerance` of 50 and L_e has stopped falling (or at
 `max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
 `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts signs, so it wanders while
@@ -59,7 +60,7 @@ import torch
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
 from fairstamp.scoring import Scorer
-from fairstamp.scoring.scorer import length_batches
+from fairstamp.scoring.scorer import LowerLayerCache, length_batches
 from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
 from fairstamp.stamp.artefact import Stamp, new_stamp
 from fairstamp.stamp.module import check_reads, detach
@@ -310,6 +311,11 @@ def train_at_layer(
                generic=torch.ones(len(generic_passages), dtype=torch.bool)),
     ]
     budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
+    # The SS checks score the edited items as `eval` does (packed rows), replaying the lower
+    # layers from the first check on.
+    checker = Scorer.from_loaded(loaded, progress=False, max_batch_tokens=budget)
+    if config.reuse_lower and layer and checker.arch is not None:
+        checker.lower_cache = LowerLayerCache(model, arch, layer)
     if config.reuse_lower:
         for sents in (pair_sents, *(k.sents for k in kl_sets)):
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
@@ -375,8 +381,7 @@ def train_at_layer(
                 result.steps = step
                 status = None
                 if step % check_every == 0 or step == config.max_steps:
-                    ss, le = _edited_ss(upper, pair_sents, n_plain, scorer.pad_token_id, device,
-                                        budget)
+                    ss, le = _edited_ss(checker, pair_sents.ids[: 2 * n_plain])
                     record = {"step": step, "ss": ss, "l_e_all": le, **terms,
                               "seconds": time.perf_counter() - start}
                     result.history.append(record)
@@ -639,13 +644,15 @@ def _kl_positions(upper, kl_set: _KLSet, pad, device, budget: int,
     return per_position, kl_set.generic[chosen].to(device)[rows]
 
 
-@torch.no_grad()
-def _edited_ss(upper, pairs: _Sentences, n_items: int, pad, device,
-               budget: int) -> tuple[float, float]:
-    """SS (%) and mean |gap| of the edited items themselves (no framings), as evaluated."""
-    sent_rows = list(range(2 * n_items))  # 2i: stereo, 2i+1: anti
-    means = _scores(upper, pairs, sent_rows, pad, device, budget)
-    gap = (means[0::2] - means[1::2]).double().cpu().numpy()
+def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]:
+    """SS (%) and mean |gap| of the edited items themselves (no framings; `ids` alternate stereo
+    and anti), scored by the Scorer exactly as `eval` scores them; a lower-layer cache records on
+    the first call and replays after."""
+    spans = checker.token_logprobs(ids, [1] * len(ids), description="SS check")
+    if checker.lower_cache is not None:
+        checker.lower_cache.replay()
+    means = np.array([span.mean for span in spans])
+    gap = means[0::2] - means[1::2]
     return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
 
 
