@@ -290,7 +290,7 @@ def train_at_layer(
         raise FairstampError("no bias items to edit")
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
-    scorer = Scorer.from_loaded(loaded)
+    scorer = Scorer.from_loaded(loaded, progress=False)
     device = next(model.parameters()).device
     upper = UpperForward(model, arch, layer)
     generator = torch.Generator().manual_seed(config.seed)
@@ -311,11 +311,10 @@ def train_at_layer(
                generic=torch.ones(len(generic_passages), dtype=torch.bool)),
     ]
     budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
-    # The SS checks score the edited items as `eval` does (packed rows), replaying the lower
-    # layers from the first check on.
-    checker = Scorer.from_loaded(loaded, progress=False, max_batch_tokens=budget)
-    if config.reuse_lower and layer and checker.arch is not None:
-        checker.lower_cache = LowerLayerCache(model, arch, layer)
+    # The SS checks score the edited items with this scorer as `eval` does (packed rows),
+    # replaying the lower layers from the first check on.
+    if config.reuse_lower and layer and scorer.arch is not None:
+        scorer.lower_cache = LowerLayerCache(model, arch, layer)
     if config.reuse_lower:
         for sents in (pair_sents, *(k.sents for k in kl_sets)):
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
@@ -381,7 +380,7 @@ def train_at_layer(
                 result.steps = step
                 status = None
                 if step % check_every == 0 or step == config.max_steps:
-                    ss, le = _edited_ss(checker, pair_sents.ids[: 2 * n_plain])
+                    ss, le = _edited_ss(scorer, pair_sents.ids[: 2 * n_plain])
                     record = {"step": step, "ss": ss, "l_e_all": le, **terms,
                               "seconds": time.perf_counter() - start}
                     result.history.append(record)
