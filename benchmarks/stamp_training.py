@@ -25,7 +25,7 @@ import torch
 
 from fairstamp.data.splits import split_by_target
 from fairstamp.data.stereoset import load_stereoset
-from fairstamp.fast.data import training_text
+from fairstamp.data.training_text import training_text
 from fairstamp.fast.train import FitConfig, fit_stamp
 from fairstamp.models import load
 from fairstamp.stamp import detach

@@ -13,13 +13,15 @@ import torch
 from conftest import ARCHS, SHARED_DATA, build_tiny_model
 from fairstamp.cli.main import main
 from fairstamp.data.stereoset import load_stereoset
+from fairstamp.data.training_text import framed_pairs, neutral_sentences
+from fairstamp.data.wikitext import generic_passages, generic_sentences
 from fairstamp.errors import DataError, FairstampError
-from fairstamp.fast.data import framed_pairs, generic_passages, generic_sentences, neutral_sentences
-from fairstamp.fast.train import FitConfig, TrainingDiverged, fit_stamp
+from fairstamp.fast.train import FitConfig, fit_stamp
 from fairstamp.models.archspec import arch_spec_for
 from fairstamp.models.loader import LoadedModel
 from fairstamp.scoring import Scorer
 from fairstamp.stamp import WEIGHTS_NAME, disabled, stamps_of
+from fairstamp.training.loop import TrainingDiverged
 from test_stamp import logits
 
 GENERIC = SHARED_DATA / "wikitext2" / "pytorch_examples" / "valid.txt"
@@ -202,9 +204,9 @@ def test_long_generic_texts_are_trained_on_in_their_own_batches(tiny_tokenizer, 
 def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_tokenizer, items):
     """Training passes group sentences by length (less padding); the KL targets must still line
     up with each sentence's own positions, and SS must pair each stereo with its anti."""
-    from fairstamp.fast.train import _edited_ss, _kl_targets, _Sentences
     from fairstamp.scoring.scorer import LowerLayerCache
     from fairstamp.scoring.upper import UpperForward
+    from fairstamp.training.loop import _edited_ss, _kl_targets, _Sentences
 
     loaded = tiny(tiny_tokenizer)
     scorer = Scorer.from_loaded(loaded)
@@ -315,7 +317,7 @@ def test_debias_on_smollm2_moves_the_edited_items_toward_50(tmp_path):
 
 
 def test_layer_rules():
-    from fairstamp.fast.pipeline import pick_layer
+    from fairstamp.runs.debias import pick_layer
 
     class Trace:
         def decisive_layer(self, component, exclude_first=False):
@@ -327,7 +329,7 @@ def test_layer_rules():
 
 
 def test_cosine_learning_rate_runs_from_lr_to_lr_final():
-    from fairstamp.fast.train import _cosine
+    from fairstamp.training.loop import _cosine
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([param], lr=1e-2)
@@ -349,7 +351,7 @@ def test_a_stamp_input_the_architecture_lacks_is_refused_before_training(tiny_to
 
 
 def test_balanced_draws_split_each_step_evenly_across_bias_types():
-    from fairstamp.fast.train import _Balanced, _Cycler
+    from fairstamp.training.loop import _Balanced, _Cycler
 
     groups = [list(range(0, 10)), list(range(10, 13)), list(range(13, 43))]
     draws = _Balanced(groups, torch.Generator().manual_seed(0))
@@ -440,7 +442,7 @@ def test_training_on_the_seen_vocabulary(tiny_tokenizer, items):
 
 
 def test_auto_training_vocabulary_follows_the_vocabulary_size(tiny_tokenizer, items, monkeypatch):
-    import fairstamp.fast.train as train
+    import fairstamp.training.loop as train
 
     _, small = fit(tiny_tokenizer, items, kl_top_k=4, max_steps=2)  # auto; 300 tokens
     assert small.vocab_size == 300

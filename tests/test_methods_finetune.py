@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SHARED_DATA
+from fairstamp.data.locations import WIKITEXT2_VALID
 from fairstamp.data.stereoset import load_stereoset
+from fairstamp.data.wikitext import generic_sentences
 from fairstamp.errors import FairstampError
-from fairstamp.fast.data import WIKITEXT2_VALID, generic_sentences
-from fairstamp.fast.train import TrainingDiverged
 from fairstamp.methods import EditContext, WeightEdit, get_method
 from fairstamp.methods.cda import (
     AttributeSwap,
@@ -27,6 +27,7 @@ from fairstamp.methods.cda import (
 )
 from fairstamp.models.archspec import get_module
 from fairstamp.scoring import Scorer
+from fairstamp.training.loop import TrainingDiverged
 from test_fast import mean_abs_gap, tiny
 from test_stamp import logits
 

@@ -171,8 +171,8 @@ def _peak_mib() -> float:
 
 def context_for(config: BenchConfig, loaded: Any, progress: bool | None = None):
     """(EditContext, EditSetup) of a bench run: the same for every method."""
-    from fairstamp.fast.pipeline import pick_layer, prepare_edit
     from fairstamp.methods import EditContext
+    from fairstamp.runs.debias import pick_layer, prepare_edit
 
     setup = prepare_edit(config)
     layer = config.layer

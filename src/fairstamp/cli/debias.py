@@ -102,10 +102,10 @@ def debias_command(
     from fairstamp.cli.evaluate import parse_limits
     from fairstamp.cli.options import split_list
     from fairstamp.errors import FairstampError
-    from fairstamp.fast.pipeline import DebiasConfig, debias, write_debias_run
     from fairstamp.fast.train import FitConfig
     from fairstamp.models import load
     from fairstamp.reporting.before_after import print_before_after
+    from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")

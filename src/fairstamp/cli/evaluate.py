@@ -97,7 +97,7 @@ def eval_command(
                              f"(not {suite!r})")
     loaded = load(model, cache_dir=cache_dir, device=device)
     if stamp is not None:
-        from fairstamp.fast.pipeline import read_edited_ids
+        from fairstamp.runs.debias import read_edited_ids
         from fairstamp.stamp import Stamp
 
         Stamp.from_pretrained(stamp, loaded)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,14 @@ from typing import Any
 
 from fairstamp import __version__
 from fairstamp.data.items import BiasItem, RetentionItem
+from fairstamp.data.locations import (
+    DOWNSTREAM,
+    GPT_PARAPHRASES,
+    KNOWN_1000,
+    WIKITEXT2_TEST,
+    data_root,
+    require,
+)
 from fairstamp.errors import DataError
 from fairstamp.evaluation.config import EvalConfig
 from fairstamp.scoring import Scorer
@@ -26,27 +33,8 @@ from fairstamp.utils.repro import library_versions
 
 log = logging.getLogger(__name__)
 
-DATA_ENV = "FAIRSTAMP_DATA"
-GPT_PARAPHRASES = Path("model_editing_for_debias") / "steroset.jsonl"
-# Where the general-ability sets lie inside the public data folder (shared/data layout).
-WIKITEXT2_TEST = Path("wikitext2") / "raw_tyloquant"
-KNOWN_1000 = Path("counterfact") / "known_1000.json"
-DOWNSTREAM = Path("downstream") / "llm_foundry"
 # StereoSet names race "race"; CrowS-Pairs names it "race-color".
 _CROWS_TYPE = {"race": "race-color"}
-
-
-def data_root(config: EvalConfig) -> Path | None:
-    """The public data folder (../shared/data layout): option, $FAIRSTAMP_DATA, or a `shared/data`
-    beside the working directory's repository. A folder the user named must exist."""
-    named = ((config.data_dir, "--data-dir"), (os.environ.get(DATA_ENV), f"${DATA_ENV}"))
-    for given, what in named:
-        if given:
-            if not Path(given).is_dir():
-                raise DataError(f"{given}: no such folder ({what})")
-            return Path(given)
-    beside_repo = Path.cwd().parent / "shared" / "data"
-    return beside_repo if beside_repo.is_dir() else None
 
 
 @dataclass
@@ -65,16 +53,6 @@ def _record(data: dict, name: str, path: str | Path | None, n: int,
     entry: dict[str, Any] = {"n": n, "unit": unit, "path": str(path) if path else "built-in"}
     entry["sha256"] = sha256_file(path) if path and Path(path).is_file() else "-"
     data[name] = entry
-
-
-def _require(root: Path | None, relative: str | Path, what: str) -> Path:
-    if root is None:
-        raise DataError(f"{what} needs the public data folder: pass --data-dir or set "
-                        f"${DATA_ENV} (the layout of shared/data)")
-    path = root / relative
-    if not path.exists():
-        raise DataError(f"{path}: missing ({what})")
-    return path
 
 
 def load_reference(reference: str | Path | None) -> dict[str, Any]:
@@ -112,7 +90,7 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
 
     start = time.perf_counter()
     parts = set(config.parts)
-    root = data_root(config)
+    root = data_root(config.data_dir)
     reference = (reference_predictions if reference_predictions is not None
                  else load_reference(config.reference))
     scorer = Scorer.from_loaded(loaded, progress=progress, max_batch_tokens=max_batch_tokens,
@@ -255,7 +233,7 @@ def _general(scorer: Scorer, config: EvalConfig, root: Path | None, reference: d
     from fairstamp.metrics import general as gmetrics
 
     out: dict[str, Any] = {}
-    wiki = _require(root, WIKITEXT2_TEST / gdata.WIKITEXT2_TEST_NAME, "WikiText-2 perplexity")
+    wiki = require(root, WIKITEXT2_TEST / gdata.WIKITEXT2_TEST_NAME, "WikiText-2 perplexity")
     text = gdata.load_wikitext2_test(wiki)
     _record(data, "wikitext2_test", wiki, _limit(config, "wikitext2") or 0,
             unit="tokens at most (0: all)")
@@ -265,7 +243,7 @@ def _general(scorer: Scorer, config: EvalConfig, root: Path | None, reference: d
         scorer, text, window=window, stride=stride,
         max_tokens=_limit(config, "wikitext2"),
         seed=config.seed, n_resamples=config.n_resamples).to_dict()
-    known_path = _require(root, KNOWN_1000, "known_1000 fact retention")
+    known_path = require(root, KNOWN_1000, "known_1000 fact retention")
     facts = gdata.load_known_facts(known_path)
     limit = _limit(config, "known_1000")
     facts = facts[:limit] if limit else facts
@@ -277,7 +255,7 @@ def _general(scorer: Scorer, config: EvalConfig, root: Path | None, reference: d
     out["known_1000"] = {k: v.to_dict() for k, v in known.items() if k != "top1"}
     out["downstream"] = {}
     for task in gdata.TASK_FORMATS:
-        path = _require(root, DOWNSTREAM / f"{task}.jsonl", f"{task} accuracy")
+        path = require(root, DOWNSTREAM / f"{task}.jsonl", f"{task} accuracy")
         items = gdata.load_multiple_choice(path, task, limit=_limit(config, task))
         _record(data, task, path, len(items))
         result = gmetrics.multiple_choice_accuracy(scorer, items, seed=config.seed,

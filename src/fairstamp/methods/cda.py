@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS, load_attribute_words
+from fairstamp.data.locations import WIKITEXT2_VALID
+from fairstamp.data.wikitext import clean_sentences
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.methods.base import (
     Edit,
@@ -116,10 +118,8 @@ def _same_case(original: str, word: str) -> str:
 
 
 def corpus_sentences(path: str | Path, *, min_words: int = 6, max_words: int = 40) -> list[str]:
-    """Every sentence of a WikiText file in file order, as `fast.data.generic_sentences` cuts
+    """Every sentence of a WikiText file in file order, as `data.wikitext.generic_sentences` cuts
     and detokenises them (headings and sentences with <unk> dropped)."""
-    from fairstamp.fast.data import clean_sentences
-
     return clean_sentences(path, min_words=min_words, max_words=max_words,
                            what="WikiText-2 valid, the text CDA augments")
 
@@ -220,8 +220,6 @@ class CdaMethod(Method):
                    "fine-tuning (LoRA on every MLP output projection, merged)")
 
     def fit(self, context: EditContext) -> Edit:
-        from fairstamp.fast.data import WIKITEXT2_VALID
-
         config = replace(self.config, seed=context.seed)
         if context.data_root is None:
             raise FairstampError("CDA needs the public data folder (WikiText-2 valid and "

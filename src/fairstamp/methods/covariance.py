@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from fairstamp.data.locations import WIKITEXT2_VALID, require
+from fairstamp.data.locations import data_root as find_data_root
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.utils.hooks import StopForward, hidden_arg, hooks
 from fairstamp.utils.io import atomic_write_bytes, file_lock, sha256_file
@@ -55,20 +57,8 @@ def stats_folder(model: torch.nn.Module, cache_dir: str | Path | None = None) ->
 
 def generic_text_path(data_root: str | Path | None) -> Path:
     """WikiText-2 valid in the public data folder (default: $FAIRSTAMP_DATA or ../shared/data)."""
-    from fairstamp.fast.data import WIKITEXT2_VALID
-
-    if data_root is None:
-        from fairstamp.evaluation.config import EvalConfig
-        from fairstamp.evaluation.suite import data_root as find_data_root
-
-        data_root = find_data_root(EvalConfig(model="-"))
-        if data_root is None:
-            raise DataError("the key statistics of ROME/MEMIT need WikiText-2 valid from the "
-                            "public data folder: pass data_dir or set $FAIRSTAMP_DATA")
-    path = Path(data_root) / WIKITEXT2_VALID
-    if not path.is_file():
-        raise DataError(f"{path}: missing (WikiText-2 valid, for ROME/MEMIT key statistics)")
-    return path
+    return require(data_root if data_root is not None else find_data_root(), WIKITEXT2_VALID,
+                   "WikiText-2 valid, for ROME/MEMIT key statistics")
 
 
 def text_chunks(tokenizer: Any, path: str | Path, n_tokens: int, *,

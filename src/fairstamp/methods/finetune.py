@@ -2,7 +2,7 @@
 
 The weight of the MLP output projection at the context's layer is trained with exactly the stamp's
 loss, L = L_e + α·L_s1 + β·L_s2 + γ·L_m (SPEC §5, plus our L_m), by the same loop
-(`fast.train.train_at_layer`: batching, cached lower layers, KL targets, early stopping on SS,
+(`training.loop.train_at_layer`: batching, cached lower layers, KL targets, early stopping on SS,
 keep-best, NaN guard). After every Adam step the weight is clamped elementwise to W0 ±
 `norm_constraint` (ROME's FT-L L∞ constraint). ROME's value for GPT-2 XL, 5e-4, is too tight for
 smollm2-135m, whose MLP output weights are large (mean |w| 0.15 at layer 20): on 20 StereoSet
@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from fairstamp.errors import FairstampError
-from fairstamp.fast.train import LoopSettings, Trainable, train_at_layer
 from fairstamp.methods.base import (
     Edit,
     EditContext,
@@ -31,6 +30,7 @@ from fairstamp.methods.base import (
     snapshot,
 )
 from fairstamp.models.archspec import get_module
+from fairstamp.training.loop import LoopSettings, Trainable, train_at_layer
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS, load_attribute_words
+from fairstamp.data.locations import WIKITEXT2_VALID
+from fairstamp.data.wikitext import wikitext_sentences as read_wikitext
 from fairstamp.errors import DataError, FairstampError
-from fairstamp.fast.data import WIKITEXT2_VALID
 from fairstamp.methods.base import EditContext, HookEdit, Method
 from fairstamp.models.archspec import get_module
 from fairstamp.utils.hooks import StopForward, hooks
@@ -51,9 +52,8 @@ def wikitext_sentences(path: str | Path, *, min_words: int = 5, max_words: int =
     Sentences with `<unk>` are kept (as `<unk>`): two thirds of WikiText-2 valid has one, and the
     attribute words are rare enough that dropping them would leave e.g. 16 religion sentences.
     """
-    from fairstamp.fast.data import wikitext_sentences as read
-
-    return [text for _, text in read(path, "WikiText-2 valid, the text INLP / SentenceDebias read")
+    what = "WikiText-2 valid, the text INLP / SentenceDebias read"
+    return [text for _, text in read_wikitext(path, what)
             if min_words <= len(text.split()) <= max_words]
 
 

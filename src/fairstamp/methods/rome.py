@@ -2,17 +2,16 @@
 
 Each bias item is one edit request. Its *subject* is the item's target (e.g. "schoolgirl"); the
 *key* k* is the input of layer l's MLP output projection at the subject's last token, averaged over
-the item's sentences (stereo and anti, as they are and behind the `fast.data.FRAMINGS` lead-ins,
-which stand in for ROME's model-generated random prefixes). The *value* v* is found by
-optimising a vector δ added to the projection's output at those positions, so that the FAST bias
-loss of the item, mean |score(stereo) − score(anti)| over its sentence pairs (scores as the Scorer
-computes them), falls, while a KL term keeps the next-token distribution after
-"{target} is a" near the unedited model's and a decay term keeps δ small; ‖δ‖ is clamped to
-`clamp_norm_factor`·‖v‖. Then the projection gets the rank-one update
-W ← W + Λ (C⁻¹k*)ᵀ, Λ = (v* − W k*) / ((C⁻¹k*)ᵀ k*), with C the keys' second moment on generic
-text (`covariance`), so it maps k* to v* and changes little for keys the model usually sees.
-Items are edited one after another, each edit in place before the next v* is computed (ROME's
-sequential editing).
+the item's sentences (stereo and anti, as they are and behind the lead-ins of
+`data.training_text.FRAMINGS`, which stand in for ROME's model-generated random prefixes). The
+*value* v* is found by optimising a vector δ added to the projection's output at those positions,
+so that the FAST bias loss of the item, mean |score(stereo) − score(anti)| over its sentence pairs
+(scores as the Scorer computes them), falls, while a KL term keeps the next-token distribution
+after "{target} is a" near the unedited model's and a decay term keeps δ small; ‖δ‖ is clamped to
+`clamp_norm_factor`·‖v‖. Then the projection gets the rank-one update W ← W + Λ (C⁻¹k*)ᵀ, Λ = (v* −
+W k*) / ((C⁻¹k*)ᵀ k*), with C the keys' second moment on generic text (`covariance`), so it maps k*
+to v* and changes little for keys the model usually sees. Items are edited one after another, each
+edit in place before the next v* is computed (ROME's sequential editing).
 
 The pieces MEMIT shares (finding the subject, collecting keys and layer outputs at it, the
 v*/z* optimisation, adding an update to a Linear or Conv1D weight) live here.
@@ -34,8 +33,8 @@ import torch
 from torch import nn
 
 from fairstamp.data.items import BiasItem
+from fairstamp.data.training_text import FRAMINGS
 from fairstamp.errors import FairstampError
-from fairstamp.fast.data import FRAMINGS
 from fairstamp.methods.base import EditContext, Method, WeightEdit, module_param_name, snapshot
 from fairstamp.methods.covariance import DEFAULT_N_TOKENS, context_second_moments
 from fairstamp.models.archspec import get_module
@@ -59,7 +58,7 @@ class RomeConfig:
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     v_loss_stop: float = 0.0  # stop optimising v* below this loss (ROME: 5e-2 on its NLL)
-    framings: int = 2  # lead-ins (of fast.data.FRAMINGS) the sentences also appear behind
+    framings: int = 2  # lead-ins (of data.training_text.FRAMINGS) the sentences also appear behind
     n_tokens: int = DEFAULT_N_TOKENS  # generic-text tokens for the key statistics C
     max_items: int | None = None  # edit a seeded sample of this many items (None: all)
 

@@ -22,9 +22,10 @@ from typing import Any
 
 from fairstamp import __version__
 from fairstamp.data.items import BiasItem
+from fairstamp.data.locations import data_root
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.evaluation.config import EvalConfig
-from fairstamp.evaluation.suite import Evaluation, data_root, evaluate
+from fairstamp.evaluation.suite import Evaluation, evaluate
 from fairstamp.fast.train import FitConfig, FitResult, fit_stamp
 from fairstamp.scoring.scorer import LowerLayerCache
 from fairstamp.utils.io import atomic_write_json, atomic_write_text, staging_dir
@@ -142,9 +143,9 @@ def prepare_edit(config: Any) -> EditSetup:
     data_dir, n_generic, n_passages, passage_words, suite, general_limits, n_resamples)."""
     from fairstamp.data.bias_sets import load_bias_set
     from fairstamp.data.splits import split_by_target
-    from fairstamp.fast.data import training_text
+    from fairstamp.data.training_text import training_text
 
-    root = data_root(EvalConfig(model=config.model, data_dir=config.data_dir))
+    root = data_root(config.data_dir)
     if root is None:
         raise DataError("editing needs the public data folder (WikiText-2, paraphrases): "
                         "pass --data-dir or set $FAIRSTAMP_DATA")

@@ -17,14 +17,14 @@
 from __future__ import annotations
 
 import hashlib
-import random
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fairstamp.data.items import BiasItem, RetentionItem
-from fairstamp.errors import DataError
+from fairstamp.data.locations import WIKITEXT2_VALID, data_root, require
+from fairstamp.data.retention import load_retention
+from fairstamp.data.wikitext import generic_passages, generic_sentences
 
 #: Lead-ins put before an edited pair's sentences (never the rule paraphraser's framings).
 FRAMINGS = (
@@ -43,9 +43,6 @@ NEUTRAL_TEMPLATES = (
     "The topic of the talk was {target}.",
     "The article used the term {target} twice.",
 )
-
-WIKITEXT2_VALID = Path("wikitext2") / "pytorch_examples" / "valid.txt"
-
 
 def framed_pairs(items: Sequence[BiasItem], n_framings: int) -> list[tuple[str, str, str]]:
     """(stereo, anti, item id) of each item as is, then behind its first `n_framings` framings."""
@@ -76,69 +73,6 @@ def split_retention(items: Sequence[RetentionItem], *, seed: int = 0
     return trained, unseen
 
 
-_DETOKENIZE = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "), (" ; ", "; "),
-               (" : ", ": "), (" 's", "'s"), (" ( ", " ("), (" ) ", ") "), (" n't", "n't")]
-
-
-def wikitext_sentences(path: str | Path, what: str = "WikiText-2 text"
-                       ) -> Iterator[tuple[str, str]]:
-    """(raw sentence, lightly detokenised text) of every sentence of a WikiText file, headings
-    dropped, in file order; callers filter (e.g. on `<unk>` or length)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing ({what})")
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("="):
-            continue
-        for sentence in re.split(r"(?<= \.) ", line):
-            text = " " + sentence.strip() + " "
-            for old, new in _DETOKENIZE:
-                text = text.replace(old, new)
-            yield sentence, text.strip().replace(" .", ".")
-
-
-def clean_sentences(path: str | Path, *, min_words: int = 6, max_words: int = 25,
-                    what: str = "WikiText-2 text") -> list[str]:
-    """Every sentence of a WikiText file with `min_words`..`max_words` words and no `<unk>`, in
-    file order."""
-    return [text for raw, text in wikitext_sentences(path, what)
-            if "<unk>" not in raw and min_words <= len(raw.split()) <= max_words]
-
-
-def generic_sentences(path: str | Path, n: int, *, seed: int = 0, min_words: int = 6,
-                      max_words: int = 25) -> list[str]:
-    """`n` sentences of WikiText-2 valid text (headings and sentences with <unk> dropped),
-    chosen with `seed`, lightly detokenised."""
-    sentences = clean_sentences(path, min_words=min_words, max_words=max_words,
-                                what="generic text for the stamp's L_s2 term")
-    if len(sentences) < n:
-        raise DataError(f"{path}: only {len(sentences)} usable sentences, {n} requested")
-    return random.Random(seed).sample(sentences, n)
-
-
-def generic_passages(path: str | Path, n: int, *, words: int = 300, seed: int = 0) -> list[str]:
-    """`n` passages of WikiText-2 valid text, chosen with `seed`: runs of consecutive sentences
-    (headings and sentences with <unk> dropped, lightly detokenised) of at least `words` words,
-    cut one after the other from the file, so no two passages overlap."""
-    if words < 1:
-        raise ValueError(f"words must be at least 1, got {words}")
-    passages: list[str] = []
-    current: list[str] = []
-    count = 0
-    for raw, text in wikitext_sentences(path, "generic text for the stamp's L_s2 term"):
-        if "<unk>" in raw:
-            continue
-        current.append(text)
-        count += len(text.split())
-        if count >= words:
-            passages.append(" ".join(current))
-            current, count = [], 0
-    if len(passages) < n:
-        raise DataError(f"{path}: only {len(passages)} passages of {words} words, {n} requested")
-    return random.Random(seed).sample(passages, n)
-
-
 @dataclass
 class TrainingText:
     """What the stamp's KL terms read: retention sentences (L_s1), generic sentences and passages
@@ -156,19 +90,12 @@ def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
     """The stamp's retention text: a fixed half of the retention items of `bias_types`,
     `n_generic` WikiText-2 valid sentences and `n_passages` passages of `passage_words` words.
     `data_dir` is the public data folder (default: $FAIRSTAMP_DATA or ../shared/data)."""
-    from fairstamp.data.retention import load_retention
-    from fairstamp.evaluation.config import EvalConfig
-    from fairstamp.evaluation.suite import data_root
-
     retention = load_retention()
     if bias_types:
         retention = [r for r in retention if r.bias_type in bias_types] or retention
     trained, _ = split_retention(retention, seed=seed)
-    root = data_root(EvalConfig(model="-", data_dir=str(data_dir) if data_dir else None))
-    if root is None:
-        raise DataError("the stamp's generic text (WikiText-2 valid) needs the public data "
-                        "folder: pass data_dir / --data-dir or set $FAIRSTAMP_DATA")
-    path = root / WIKITEXT2_VALID
+    path = require(data_root(data_dir), WIKITEXT2_VALID,
+                   "the stamp's generic text (WikiText-2 valid)")
     passages = generic_passages(path, n_passages, words=passage_words, seed=seed) \
         if n_passages else []
     return TrainingText([s for r in trained for s in (r.true, r.false)],

@@ -1,0 +1,584 @@
+"""The training loop of an edit at one layer: L = L_e + α·L_s1 + β·L_s2 (SPEC §4.3) + γ·L_m
+(ours).
+
+One loop (`train_at_layer`) trains any parameters that act at layer l under this loss: the stamp
+(`fit_stamp`) or, for the FT-L baseline (methods/finetune.py), the weight of layer l's MLP output
+projection. Everything below is shared by both.
+
+- L_e (bias): mean over the edited pairs of |score(stereo) − score(anti)|, each score the sentence's
+  per-token mean log-probability exactly as the Scorer computes it (so the batch SS watched for
+  early stopping is the SS that `eval` reports on these items).
+- L_s1 (knowledge of the same groups) and L_s2 (general text): KL(original ‖ stamped) of the
+  next-token distributions at every position. Each step draws `batch_kl` short sentences (group
+  sentences for L_s1 and generic sentences for L_s2, mixed) and `batch_passages` generic passages
+  of a few hundred words (batched apart); L_s2 is the mean of the generic sentences' KL and the
+  passages' KL, so short and long contexts weigh the same. The original distributions never
+  change, so they are computed once; each keeps its `kl_top_k` most likely tokens plus one
+  bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
+  equals it when the rest is negligible), which makes them small enough to hold for thousands
+  of positions.
+- L_m (weight `gamma`, 1 by default; 0 is SPEC's loss): mean over the edited pairs of the distance
+  between the pair's mean score and the original model's (Huber: quadratic within `lm_smooth`
+  nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap, not the pair as a
+  whole.
+- The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
+- The layers below the stamp are frozen and untouched by it: their output is computed once per
+  training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
+- `train_vocab="seen"` trains as if the model's vocabulary were only the tokens that matter to
+  the loss: every token of the training text plus the original model's `kl_top_k` most likely
+  tokens at every trained position (found by one full-vocabulary pass in the setup). Every
+  log-probability, L_m's original scores and the KL targets are then normalised over that
+  subset; the SS checks and every evaluation use the whole vocabulary. On a 262k-token
+  vocabulary the unembedding is most of a step's arithmetic (docs/fast.md, "Training
+  vocabulary"). "full" is SPEC's loss as written; "auto" (the default) is "seen" for
+  vocabularies over `SEEN_VOCAB_ABOVE` tokens (gemma-3-270m's 262k: 3.1x faster steps, the same
+  gaps) and "full" below (smollm2-135m's 49k: 1.13x, not worth the setup pass).
+
+Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps (0,
+the default: every max(10, ⌈items / 40⌉) steps, so that the checks, which score every edited pair,
+stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured by
+the Scorer, exactly as `eval` measures them (packed rows, the lower layers replayed), and
+training stops when SS is within `ss_tolerance` of 50 and L_e has stopped falling (or at
+`max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
+`ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts signs, so it wanders while
+|gap| shrinks. A non-finite loss stops training with `TrainingDiverged`; the edit is undone (the
+stamp detached, FT-L's weight restored) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fairstamp.data.items import BiasItem
+from fairstamp.data.training_text import framed_pairs, neutral_sentences
+from fairstamp.errors import FairstampError
+from fairstamp.scoring import Scorer
+from fairstamp.scoring.scorer import LowerLayerCache, length_batches
+from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
+from fairstamp.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+#: What the training loss normalises log-probabilities over (`LoopSettings.train_vocab`).
+TRAIN_VOCABS = ("auto", "full", "seen")
+#: "auto" trains on the seen vocabulary when the model's has more tokens than this.
+SEEN_VOCAB_ABOVE = 100_000
+
+
+class TrainingDiverged(FairstampError):
+    """The loss became NaN or infinite; no stamp was kept."""
+
+
+@dataclass
+class LoopSettings:
+    """The knobs of the shared training loop (`train_at_layer`): loss weights, batching, checks,
+    early stopping. Defaults: docs/fast.md."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0  # weight of L_m: each edited pair's mean score kept at the original's
+    lm_smooth: float = 1e-3  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
+    max_steps: int = 200
+    min_steps: int = 20
+    batch_pairs: int = 32
+    batch_kl: int = 16
+    batch_passages: int = 1
+    pass_size: int = 16  # sentences per forward pass within a step, grouped by length
+    lr_final: float = 1.0  # learning rate at the last step, as a fraction of the first (cosine)
+    check_every: int = 0  # 0: max(10, ceil(items / 40)) steps
+    balance_types: bool = False  # each step draws its pairs evenly across the items' bias types
+    ss_tolerance: float = 1.0
+    flat_tolerance: float = 0.05
+    framings: int = 2
+    kl_top_k: int = 64
+    keep_best: bool = True
+    reuse_lower: bool = True
+    train_vocab: str = "auto"  # "seen": the training text's tokens + the original's top-k
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lr_final <= 1.0:
+            raise FairstampError(f"lr_final must be in (0, 1], got {self.lr_final}")
+        if min(self.alpha, self.beta, self.gamma) < 0:
+            raise FairstampError("the loss weights alpha, beta and gamma must be >= 0")
+        if self.lm_smooth < 0:
+            raise FairstampError(f"lm_smooth must be >= 0, got {self.lm_smooth}")
+        if self.train_vocab not in TRAIN_VOCABS:
+            raise FairstampError(f"train_vocab must be one of {', '.join(TRAIN_VOCABS)}, got "
+                                 f"{self.train_vocab!r}")
+        if self.check_every < 0:
+            raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
+                                 f"{self.check_every}")
+
+    def check_interval(self, n_items: int) -> int:
+        """Steps between SS checks for `n_items` edited items."""
+        return self.check_every or max(10, math.ceil(n_items / 40))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainRun:
+    """How one run of the training loop went."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    stopped: str = ""
+    best_step: int = 0
+    vocab_size: int = 0  # tokens the loss normalised over (the whole vocabulary unless "seen")
+
+    def summary(self) -> dict[str, Any]:
+        kept = next((h for h in self.history if h["step"] == self.best_step),
+                    self.history[-1] if self.history else {})
+        return {"steps": self.steps, "seconds": round(self.seconds, 2),
+                "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
+                "kept_step": self.best_step, "vocab_size": self.vocab_size, "final": kept}
+
+
+@dataclass
+class _Sentences:
+    """Token ids of training sentences and, with `reuse_lower`, the cached layer-l inputs."""
+
+    ids: list[list[int]]
+    hidden: list[torch.Tensor] | None = None
+    original: torch.Tensor | None = None  # per sentence: the original model's score (L_m)
+
+
+@dataclass
+class _KLSet:
+    """Sentences of one KL term, their cached targets and their draw order."""
+
+    sents: _Sentences
+    batch: int
+    generic: torch.Tensor  # per sentence: counts toward L_s2 (else L_s1)
+    targets: dict[str, Any] | None = None
+    order: _Cycler | None = None
+    chosen: list[int] = field(default_factory=list)
+
+
+def _kl_ids(scorer: Scorer, text: str) -> list[int]:
+    """A KL text's token ids, cut to the model's context length."""
+    ids = scorer.encode(text)
+    return ids[: scorer.max_length] if scorer.max_length else ids
+
+
+@dataclass
+class Trainable:
+    """What `train_at_layer` trains: parameters that act at (or above) its layer, their optimizer,
+    a hook run after every optimizer step (FT-L's norm constraint), and `undo`, which takes the
+    edit off the model when training fails."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    description: str
+    undo: Callable[[], None]
+    after_step: Callable[[], None] | None = None
+    what: str = "parameters"  # for the log
+    kept: str = "edit"  # for the divergence message
+
+
+def train_at_layer(
+    loaded: Any,
+    items: Sequence[BiasItem],
+    layer: int,
+    make: Callable[[], Trainable],
+    *,
+    retention_sentences: Sequence[str] = (),
+    generic_sentences: Sequence[str] = (),
+    generic_passages: Sequence[str] = (),
+    config: LoopSettings,
+    progress: bool | None = None,
+) -> TrainRun:
+    """The one training loop of L = L_e + α·L_s1 + β·L_s2 + γ·L_m for an edit at `layer` (FAST's
+    stamp, FT-L's projection weight): batching, the cached lower layers, KL targets, early stopping
+    on SS, keep-best and the NaN guard.
+
+    The KL targets are computed from the model as it is when called; `make` then creates or
+    selects the parameters and puts them on the model (it runs after the targets exist). The
+    layers below `layer` must not depend on the parameters (their output is cached). On success
+    the parameters hold the kept step's values and their `requires_grad` flags are as before; on
+    any error `undo` runs first.
+    """
+    if not items:
+        raise FairstampError("no bias items to edit")
+    setup_start = time.perf_counter()
+    model, arch = loaded.model, loaded.arch
+    scorer = Scorer.from_loaded(loaded, progress=False)
+    device = next(model.parameters()).device
+    upper = UpperForward(model, arch, layer)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    pairs = framed_pairs(items, config.framings)
+    pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
+    n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
+    group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
+    for ids in [*(s for p in pair_ids for s in p)]:
+        if len(ids) < 2:
+            raise FairstampError("a bias sentence has no tokens to score")
+    pair_sents = _Sentences([s for p in pair_ids for s in p])  # 2i: stereo, 2i+1: anti
+    short_texts = [*group_texts, *generic_sentences]
+    kl_sets = [
+        _KLSet(_Sentences([_kl_ids(scorer, t) for t in short_texts]), config.batch_kl,
+               generic=torch.tensor([False] * len(group_texts) + [True] * len(generic_sentences))),
+        _KLSet(_Sentences([_kl_ids(scorer, t) for t in generic_passages]), config.batch_passages,
+               generic=torch.ones(len(generic_passages), dtype=torch.bool)),
+    ]
+    budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
+    # The SS checks score the edited items with this scorer as `eval` does (packed rows),
+    # replaying the lower layers from the first check on.
+    if config.reuse_lower and layer and scorer.arch is not None:
+        scorer.lower_cache = LowerLayerCache(model, arch, layer)
+    if config.reuse_lower:
+        for sents in (pair_sents, *(k.sents for k in kl_sets)):
+            sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
+    vocab = None
+    if config.train_vocab == "seen" or (config.train_vocab == "auto"
+                                        and upper.vocab_size() > SEEN_VOCAB_ABOVE):
+        vocab = _seen_vocabulary(upper, [pair_sents, *(k.sents for k in kl_sets)],
+                                 config.kl_top_k, scorer.pad_token_id, device, budget)
+    with upper.restricted(vocab):
+        if config.gamma:
+            with torch.no_grad():
+                pair_sents.original = _scores(upper, pair_sents, range(len(pair_sents.ids)),
+                                              scorer.pad_token_id, device, budget)
+        for kl_set in kl_sets:
+            kl_set.targets = _kl_targets(upper, kl_set.sents, config.kl_top_k,
+                                         scorer.pad_token_id, device, budget)
+
+    trainable = make()
+    params, optimizer = trainable.params, trainable.optimizer
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        result = TrainRun(setup_seconds=time.perf_counter() - setup_start,
+                          vocab_size=len(vocab) if vocab is not None else upper.vocab_size())
+        log.info("training %s at layer %d on %d items (%d pairs with framings), %d "
+                 "retention/group sentences, %d generic sentences and %d passages",
+                 trainable.what, layer, len(items), len(pairs), len(group_texts),
+                 len(generic_sentences), len(generic_passages))
+        schedule = _cosine(optimizer, config.max_steps, config.lr_final)
+        if config.balance_types:
+            type_of = {item.id: item.bias_type for item in items}
+            types = [type_of[item_id] for *_, item_id in pairs]
+            pair_order = _Balanced([[k for k, t in enumerate(types) if t == b]
+                                    for b in dict.fromkeys(types)], generator)
+        else:
+            pair_order = _Cycler(len(pairs), generator)
+        for kl_set in kl_sets:
+            kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
+        check_every = config.check_interval(n_plain)
+        start = time.perf_counter()
+        le_history: list[float] = []
+        best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
+        with progress_bar(config.max_steps, trainable.description, progress) as advance:
+            for step in range(1, config.max_steps + 1):
+                chosen = pair_order.take(config.batch_pairs)
+                for kl_set in kl_sets:
+                    kl_set.chosen = kl_set.order.take(kl_set.batch) if kl_set.order else []
+                with upper.restricted(vocab):
+                    loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
+                                        scorer.pad_token_id, device, budget)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
+                        f"--lr or the loss weights. No {trainable.kept} was kept.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                if trainable.after_step is not None:
+                    with torch.no_grad():
+                        trainable.after_step()
+                result.steps = step
+                status = None
+                if step % check_every == 0 or step == config.max_steps:
+                    ss, le = _edited_ss(scorer, pair_sents.ids[: 2 * n_plain])
+                    record = {"step": step, "ss": ss, "l_e_all": le, **terms,
+                              "seconds": time.perf_counter() - start}
+                    result.history.append(record)
+                    le_history.append(le)
+                    key = (max(abs(ss - 50.0) - config.ss_tolerance, 0.0), le)
+                    if best is None or key < best[0]:
+                        best = (key, step, [p.detach().clone() for p in params])
+                    status = (f"SS {ss:.1f}  L_e {terms['l_e']:.3f}  L_s1 {terms['l_s1']:.4f}  "
+                              f"L_s2 {terms['l_s2']:.4f}")
+                    log.debug("step %d: %s", step, status)
+                    if step >= config.min_steps and _should_stop(ss, le_history, config):
+                        result.stopped = "converged"
+                        advance(config.max_steps - step + 1, status=status)
+                        break
+                advance(status=status)
+            else:
+                result.stopped = "max_steps"
+        if config.keep_best and best is not None and best[1] != result.steps:
+            with torch.no_grad():
+                for p, kept in zip(params, best[2]):
+                    p.copy_(kept)
+        result.best_step = best[1] if config.keep_best and best is not None else result.steps
+    except BaseException:
+        trainable.undo()
+        raise
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    result.seconds = time.perf_counter() - start
+    log.info("%s trained: %d steps in %.1f s (%s)", trainable.what, result.steps, result.seconds,
+             result.stopped)
+    return result
+
+
+def _seen_vocabulary(upper: UpperForward, sets: Sequence[_Sentences], k: int, pad, device,
+                     budget: int) -> Vocabulary:
+    """Every token of the sentences plus the model's `k` most likely tokens at each of their
+    positions (one pass over the whole vocabulary)."""
+    seen = {t for sents in sets for ids in sents.ids for t in ids}
+    for sents in sets:
+        targets = _kl_targets(upper, sents, k, pad, device, budget)
+        if targets is not None:
+            seen.update(targets["idx"].unique().tolist())
+    vocab = Vocabulary.of(seen, upper.vocab_size(), device)
+    log.info("training vocabulary: %d of %d tokens (the training text's and the original "
+             "model's top %d at every trained position)", len(vocab), upper.vocab_size(), k)
+    return vocab
+
+
+def _should_stop(ss: float, le_history: list[float], config: LoopSettings) -> bool:
+    if abs(ss - 50.0) > config.ss_tolerance or len(le_history) < 2:
+        return False
+    previous, current = le_history[-2], le_history[-1]
+    return previous - current <= config.flat_tolerance * max(previous, 1e-12)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, steps: int,
+            final: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate from its value at step 1 down to `final` times that at step `steps`."""
+
+    def factor(done: int) -> float:
+        progress = min(done / max(steps - 1, 1), 1.0)
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _Cycler:
+    """Indices in seeded random order, epoch after epoch."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator, self.queue = n, generator, []
+
+    def take(self, k: int) -> list[int]:
+        k = min(k, self.n)
+        while len(self.queue) < k:
+            self.queue.extend(torch.randperm(self.n, generator=self.generator).tolist())
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+class _Balanced:
+    """Indices drawn evenly across groups (the pairs of each bias type), each group in its own
+    seeded order; the remainder of an uneven split goes to the groups in turn. One group draws
+    exactly what `_Cycler` over its indices draws."""
+
+    def __init__(self, groups: Sequence[Sequence[int]], generator: torch.Generator) -> None:
+        self.groups = [list(g) for g in groups]
+        self.cyclers = [_Cycler(len(g), generator) for g in self.groups]
+        self.turn = 0
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        n = len(self.groups)
+        for j in range(n):
+            g = (self.turn + j) % n
+            share = k // n + (1 if j < k % n else 0)
+            out.extend(self.groups[g][i] for i in self.cyclers[g].take(share))
+        self.turn = (self.turn + k) % n
+        return out
+
+
+def _capture(upper: UpperForward, ids: list[list[int]], pad: int, device,
+             budget: int) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    for rows in length_batches([len(x) for x in ids], budget):
+        batch = Batch.of([ids[i] for i in rows], pad, device)
+        hidden = upper.capture(batch)
+        for r, i in enumerate(rows):
+            out[i] = hidden[r, : batch.lengths[r]].clone()
+    return out
+
+
+def _stack(hidden: list[torch.Tensor] | None, chosen: Sequence[int], width: int):
+    if hidden is None:
+        return None
+    first = hidden[chosen[0]]
+    out = first.new_zeros((len(chosen), width, first.shape[-1]))
+    for row, i in enumerate(chosen):
+        out[row, : hidden[i].shape[0]] = hidden[i]
+    return out
+
+
+def _positions(lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, targets' column) of every position that predicts a scored token."""
+    rows = torch.cat([torch.full((n - 1,), r) for r, n in enumerate(lengths)])
+    cols = torch.cat([torch.arange(0, n - 1) for n in lengths])
+    return rows, cols, cols + 1
+
+
+def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen: Sequence[int],
+                    pad, device, budget: int, max_size: int | None = None, *,
+                    full: bool = True):
+    """Log-probs of every scored token of the chosen sentences, the full log-softmax rows (for
+    KL), the index into `chosen` of each position's sentence, and the order in which the chosen
+    sentences were run (passes of similar lengths, `length_batches`; each sentence's positions
+    are consecutive and in order). `full=False` skips keeping the log-softmax rows."""
+    token, rows, logprobs, order = [], [], [], []
+    for part in length_batches([len(ids[i]) for i in chosen], budget, max_size):
+        sub = [chosen[j] for j in part]
+        batch = Batch.of([ids[i] for i in sub], pad, device)
+        r, cols, nxt = (t.to(device) for t in _positions(batch.lengths))
+        logits = upper.logits(batch, _stack(hidden, sub, batch.ids.shape[1]), r, cols).float()
+        lp = torch.log_softmax(logits, dim=-1)
+        target = batch.ids[r, nxt]
+        if upper.vocab is not None:  # restricted: its index in the subset (always in it)
+            target = upper.vocab.index[target]
+        token.append(lp.gather(1, target.unsqueeze(1)).squeeze(1))
+        rows.append(torch.as_tensor(part, device=device)[r])
+        if full:
+            logprobs.append(lp)
+        order.extend(part)
+    return torch.cat(token), torch.cat(rows), torch.cat(logprobs) if full else None, order
+
+
+def _scores(upper: UpperForward, sents: _Sentences, chosen: Sequence[int], pad, device,
+            budget: int, max_size: int | None = None) -> torch.Tensor:
+    """The chosen sentences' scores (per-token mean log-probability, as the Scorer's), in order."""
+    token, rows, _, _ = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad, device,
+                                        budget, max_size, full=False)
+    n = len(chosen)
+    sums = torch.zeros(n, dtype=token.dtype, device=token.device).index_add(0, rows, token)
+    return sums / torch.bincount(rows, minlength=n).to(token.dtype)
+
+
+@torch.no_grad()
+def _kl_targets(upper, sents: _Sentences, k: int, pad, device, budget: int):
+    """Top-k log-probs of the original model at every KL position, plus the rest's log-mass."""
+    if not sents.ids:
+        return None
+    top_k: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(sents.ids)  # type: ignore
+    for rows in length_batches([len(x) for x in sents.ids], budget):
+        _, _, logprobs, order = _token_logprobs(upper, sents.ids, sents.hidden, rows, pad,
+                                                device, budget)
+        top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        at = 0
+        for j in order:  # each sentence's positions are consecutive
+            n = len(sents.ids[rows[j]]) - 1
+            top_k[rows[j]] = (top.indices[at: at + n], top.values[at: at + n])
+            at += n
+    lp = torch.cat([v for _, v in top_k])
+    return {"idx": torch.cat([i for i, _ in top_k]), "lp": lp, "rest": _log_rest(lp),
+            "offsets": _offsets(sents.ids)}
+
+
+def _offsets(ids: list[list[int]]) -> list[int]:
+    out, total = [], 0
+    for seq in ids:
+        out.append(total)
+        total += len(seq) - 1
+    return out
+
+
+def _log_rest(top_logprobs: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(top)), clamped away from log 0."""
+    mass = torch.logsumexp(top_logprobs, dim=-1).clamp(max=-1e-6)
+    return torch.log(-torch.expm1(mass))
+
+
+def _target_rows(targets, chosen: Sequence[int], ids: list[list[int]]):
+    """Gather the cached top-k targets of the chosen sentences' positions."""
+    picks = torch.cat([torch.arange(targets["offsets"][i], targets["offsets"][i] + len(ids[i]) - 1)
+                       for i in chosen])
+    return targets["idx"][picks], targets["lp"][picks], targets["rest"][picks]
+
+
+def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
+        rest: torch.Tensor) -> torch.Tensor:
+    """KL(original ‖ stamped) per position over the top-k tokens plus the rest bucket."""
+    q = logprobs.gather(1, idx)
+    q_rest = _log_rest(q)
+    p = lp.exp()
+    return (p * (lp - q)).sum(-1) + rest.exp() * (rest - q_rest)
+
+
+def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: LoopSettings,
+          pad, device, budget: int):
+    sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
+    means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
+    l_e = (means[0::2] - means[1::2]).abs().mean()
+    l_m = l_e.new_zeros(())
+    if config.gamma:
+        original = pairs.original[sent_rows].to(device)
+        drift = ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])) / 2
+        if config.lm_smooth > 0:  # Huber: quadratic within lm_smooth of the original
+            l_m = torch.nn.functional.smooth_l1_loss(drift, torch.zeros_like(drift),
+                                                     beta=config.lm_smooth)
+        else:
+            l_m = drift.abs().mean()
+    group: list[torch.Tensor] = []
+    generic: list[torch.Tensor] = []
+    for kl_set in kl_sets:
+        if not kl_set.chosen:
+            continue
+        per_position, is_generic = _kl_positions(upper, kl_set, pad, device, budget,
+                                                 config.pass_size)
+        if (~is_generic).any():
+            group.append(per_position[~is_generic].mean())
+        if is_generic.any():
+            generic.append(per_position[is_generic].mean())
+    zero = l_e.new_zeros(())
+    l_s1 = torch.stack(group).mean() if group else zero
+    l_s2 = torch.stack(generic).mean() if generic else zero
+    loss = l_e + config.alpha * l_s1 + config.beta * l_s2 + config.gamma * l_m
+    terms = {"loss": float(loss.detach()), "l_e": float(l_e.detach()),
+             **({"l_m": float(l_m.detach())} if config.gamma else {}),
+             "l_s1": float(l_s1.detach()), "l_s2": float(l_s2.detach())}
+    return loss, terms
+
+
+def _kl_positions(upper, kl_set: _KLSet, pad, device, budget: int,
+                  max_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(original ‖ stamped) at every position of the set's chosen sentences, and whether each
+    position belongs to a generic text."""
+    sents, chosen = kl_set.sents, kl_set.chosen
+    _, rows, logprobs, order = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad,
+                                               device, budget, max_size)
+    idx, lp, rest = _target_rows(kl_set.targets, [chosen[j] for j in order], sents.ids)
+    per_position = _kl(logprobs, idx.to(device), lp.to(device), rest.to(device))
+    return per_position, kl_set.generic[chosen].to(device)[rows]
+
+
+def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]:
+    """SS (%) and mean |gap| of the edited items themselves (no framings; `ids` alternate stereo
+    and anti), scored by the Scorer exactly as `eval` scores them; a lower-layer cache records on
+    the first call and replays after."""
+    spans = checker.token_logprobs(ids, [1] * len(ids), description="SS check")
+    if checker.lower_cache is not None:
+        checker.lower_cache.replay()
+    means = np.array([span.mean for span in spans])
+    gap = means[0::2] - means[1::2]
+    return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
+
+
+__all__ = ["SEEN_VOCAB_ABOVE", "TRAIN_VOCABS", "LoopSettings", "TrainRun", "Trainable",
+           "TrainingDiverged", "train_at_layer"]
