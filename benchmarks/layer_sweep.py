@@ -7,7 +7,7 @@ sweep resumes. The table: SS of the edited items, PS of their paraphrases, SS of
 targets, RS (all retention items and only those never trained on), DS, LMS, training steps and time.
 
 Usage: python benchmarks/layer_sweep.py [--layers 0,7,12,20] [--bias-types gender]
-                                        [--runs runs/layer-sweep] [-- --alpha 3]
+                                        [--runs runs/layer-sweep] [-- --retention-weight 3]
 Writes benchmarks/results/layer_sweep.{json,md}.
 """
 
@@ -40,7 +40,8 @@ def row(folder: Path) -> dict:
     b, a = m["before"]["metrics"], m["after"]["metrics"]
     return {
         "run": folder.name, "layer": m["layer"],
-        "alpha": m["config"]["fit"]["alpha"],
+        "retention_weight": m["config"]["fit"].get("retention_weight",
+                                               m["config"]["fit"].get("alpha")),
         "edited_ss": (value(b["edited"], "ss"), value(a["edited"], "ss")),
         "ps": (value(b["edited"], "ps"), value(a["edited"], "ps")),
         "held_out_ss": (value(b.get("held_out"), "ss"), value(a.get("held_out"), "ss")),
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
              "RS unseen | steps | fit s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['layer']} | {r['alpha']:g} | {fmt(r['edited_ss'])} | "
+        lines.append(f"| {r['run']} | {r['layer']} | {r['retention_weight']:g} | {fmt(r['edited_ss'])} | "
                      f"{fmt(r['ps'])} | {fmt(r['held_out_ss'])} | {fmt(r['lms'])} | "
                      f"{fmt(r['ds'])} | {fmt(r['rs'])} | {fmt(r['rs_unseen'])} | {r['steps']} "
                      f"({r['stopped']}) | {r['fit_seconds']:.0f} |")

@@ -73,7 +73,7 @@ def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
     after = mean_abs_gap(loaded, items)
     assert after < 0.5 * before
     assert [h["step"] for h in result.history] == [10, 20, 30]
-    assert result.history[-1]["l_e_all"] == pytest.approx(after, abs=1e-5)
+    assert result.history[-1]["bias_loss_all"] == pytest.approx(after, abs=1e-5)
     assert result.stopped == "max_steps"
     assert result.stamp.config.training["steps"] == 30
 
@@ -82,21 +82,21 @@ def test_the_best_check_is_kept(tiny_tokenizer, items):
     loaded, result = fit(tiny_tokenizer, items, max_steps=12, check_every=2, lr=0.2)
     kept = result.summary()["final"]
     assert kept["step"] == result.best_step
-    best = min(result.history, key=lambda h: (max(abs(h["ss"] - 50) - 1.0, 0.0), h["l_e_all"]))
+    best = min(result.history, key=lambda h: (max(abs(h["ss"] - 50) - 1.0, 0.0), h["bias_loss_all"]))
     assert best["step"] == result.best_step
-    assert mean_abs_gap(loaded, items) == pytest.approx(kept["l_e_all"], abs=1e-5)
+    assert mean_abs_gap(loaded, items) == pytest.approx(kept["bias_loss_all"], abs=1e-5)
 
 
 def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):
-    """gamma > 0 adds L_m: the gap between stereo and anti shrinks while the mean score of each
+    """keep_mean_weight > 0 adds L_m: the gap between stereo and anti shrinks while the mean score of each
     pair stays nearer the original model's."""
     sentences = [s for i in items for s in (i.stereo, i.anti)]
     original = Scorer.from_loaded(tiny(tiny_tokenizer)).score(sentences).mean
     drift = {}
     for gamma, smooth in ((0.0, 0.0), (10.0, 0.0), (10.0, 1e-3)):
-        loaded, result = fit(tiny_tokenizer, items, gamma=gamma, lm_smooth=smooth, max_steps=12,
+        loaded, result = fit(tiny_tokenizer, items, keep_mean_weight=gamma, lm_smooth=smooth, max_steps=12,
                              lr=3e-2)
-        assert ("l_m" in result.history[-1]) == bool(gamma)
+        assert ("keep_mean" in result.history[-1]) == bool(gamma)
         scores = Scorer.from_loaded(loaded).score(sentences).mean
         drift[gamma, smooth] = float(np.mean(np.abs((scores[0::2] + scores[1::2])
                                                     - (original[0::2] + original[1::2])))) / 2
@@ -126,8 +126,8 @@ def test_invalid_settings_attach_nothing(tiny_tokenizer, items):
     assert stamps_of(loaded.model, loaded.arch) == []
     with pytest.raises(FairstampError, match="lr_final"):
         FitConfig(lr_final=0.0)
-    with pytest.raises(FairstampError, match="gamma"):
-        FitConfig(gamma=-1.0)
+    with pytest.raises(FairstampError, match="keep_mean_weight"):
+        FitConfig(keep_mean_weight=-1.0)
     with pytest.raises(FairstampError, match="check_every"):
         FitConfig(check_every=-1)
 
@@ -196,7 +196,7 @@ def test_long_generic_texts_are_trained_on_in_their_own_batches(tiny_tokenizer, 
                            generic_passages=passages,
                            config=config, progress=False)
         runs.append(result)
-    assert all(h["l_s1"] > 0 and h["l_s2"] > 0 for h in runs[0].history)
+    assert all(h["retention_kl"] > 0 and h["generic_kl"] > 0 for h in runs[0].history)
     assert runs[0].history == [{**h, "seconds": runs[0].history[i]["seconds"]}
                                for i, h in enumerate(runs[1].history)]
 

@@ -191,10 +191,10 @@ def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title:
     ax.set_xlabel("step")
     ax.set_ylabel("SS (%)")
     right = ax.twinx()
-    for key, color, label in (("l_e_all", "#d62728", "L_e (all edited)"),
-                              ("l_m", "#9467bd", "L_m (batch)"),
-                              ("l_s1", "#1f77b4", "L_s1 (batch)"),
-                              ("l_s2", "#2ca02c", "L_s2 (batch)")):
+    for key, color, label in (("bias_loss_all", "#d62728", "bias loss L_e (all edited)"),
+                              ("keep_mean", "#9467bd", "keep-mean L_m (batch)"),
+                              ("retention_kl", "#1f77b4", "retention KL L_s1 (batch)"),
+                              ("generic_kl", "#2ca02c", "generic KL L_s2 (batch)")):
         if not any(key in h for h in history):
             continue  # L_m only when γ > 0
         values = [max(h.get(key, 0.0), 1e-8) for h in history]

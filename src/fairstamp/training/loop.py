@@ -17,7 +17,7 @@ projection. Everything below is shared by both.
   bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
   equals it when the rest is negligible), which makes them small enough to hold for thousands
   of positions.
-- L_m (weight `gamma`, 1 by default; 0 is SPEC's loss): mean over the edited pairs of the distance
+- L_m (weight `keep_mean_weight`, γ, 1 by default; 0 is SPEC's loss): mean over the edited pairs of the distance
   between the pair's mean score and the original model's (Huber: quadratic within `lm_smooth`
   nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap, not the pair as a
   whole.
@@ -83,9 +83,9 @@ class LoopSettings:
     """The knobs of the shared training loop (`train_at_layer`): loss weights, batching, checks,
     early stopping. Defaults: docs/fast.md."""
 
-    alpha: float = 1.0
-    beta: float = 1.0
-    gamma: float = 1.0  # weight of L_m: each edited pair's mean score kept at the original's
+    retention_weight: float = 1.0  # α: weight of L_s1 (KL on the same groups' knowledge)
+    generic_weight: float = 1.0  # β: weight of L_s2 (KL on generic text)
+    keep_mean_weight: float = 1.0  # γ: weight of L_m (each edited pair's mean score kept)
     lm_smooth: float = 1e-3  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
     max_steps: int = 200
     min_steps: int = 20
@@ -108,8 +108,12 @@ class LoopSettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.lr_final <= 1.0:
             raise FairstampError(f"lr_final must be in (0, 1], got {self.lr_final}")
-        if min(self.alpha, self.beta, self.gamma) < 0:
-            raise FairstampError("the loss weights alpha, beta and gamma must be >= 0")
+        weights = {"retention_weight": self.retention_weight,
+                   "generic_weight": self.generic_weight,
+                   "keep_mean_weight": self.keep_mean_weight}
+        negative = [name for name, value in weights.items() if value < 0]
+        if negative:
+            raise FairstampError(f"loss weights must be >= 0: {', '.join(negative)}")
         if self.lm_smooth < 0:
             raise FairstampError(f"lm_smooth must be >= 0, got {self.lm_smooth}")
         if self.train_vocab not in TRAIN_VOCABS:
@@ -249,7 +253,7 @@ def train_at_layer(
         vocab = _seen_vocabulary(upper, [pair_sents, *(k.sents for k in kl_sets)],
                                  config.kl_top_k, scorer.pad_token_id, device, budget)
     with upper.restricted(vocab):
-        if config.gamma:
+        if config.keep_mean_weight:
             with torch.no_grad():
                 pair_sents.original = _scores(upper, pair_sents, range(len(pair_sents.ids)),
                                               scorer.pad_token_id, device, budget)
@@ -281,7 +285,7 @@ def train_at_layer(
             kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
         check_every = config.check_interval(n_plain)
         start = time.perf_counter()
-        le_history: list[float] = []
+        gap_history: list[float] = []
         best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
         with progress_bar(config.max_steps, trainable.description, progress) as advance:
             for step in range(1, config.max_steps + 1):
@@ -306,17 +310,18 @@ def train_at_layer(
                 status = None
                 if step % check_every == 0 or step == config.max_steps:
                     ss, le = _edited_ss(scorer, pair_sents.ids[: 2 * n_plain])
-                    record = {"step": step, "ss": ss, "l_e_all": le, **terms,
+                    record = {"step": step, "ss": ss, "bias_loss_all": le, **terms,
                               "seconds": time.perf_counter() - start}
                     result.history.append(record)
-                    le_history.append(le)
+                    gap_history.append(le)
                     key = (max(abs(ss - 50.0) - config.ss_tolerance, 0.0), le)
                     if best is None or key < best[0]:
                         best = (key, step, [p.detach().clone() for p in params])
-                    status = (f"SS {ss:.1f}  L_e {terms['l_e']:.3f}  L_s1 {terms['l_s1']:.4f}  "
-                              f"L_s2 {terms['l_s2']:.4f}")
+                    status = (f"SS {ss:.1f}  bias {terms['bias_loss']:.3f}  "
+                              f"retention KL {terms['retention_kl']:.4f}  "
+                              f"generic KL {terms['generic_kl']:.4f}")
                     log.debug("step %d: %s", step, status)
-                    if step >= config.min_steps and _should_stop(ss, le_history, config):
+                    if step >= config.min_steps and _should_stop(ss, gap_history, config):
                         result.stopped = "converged"
                         advance(config.max_steps - step + 1, status=status)
                         break
@@ -355,10 +360,10 @@ def _seen_vocabulary(upper: UpperForward, sets: Sequence[_Sentences], k: int, pa
     return vocab
 
 
-def _should_stop(ss: float, le_history: list[float], config: LoopSettings) -> bool:
-    if abs(ss - 50.0) > config.ss_tolerance or len(le_history) < 2:
+def _should_stop(ss: float, gap_history: list[float], config: LoopSettings) -> bool:
+    if abs(ss - 50.0) > config.ss_tolerance or len(gap_history) < 2:
         return False
-    previous, current = le_history[-2], le_history[-1]
+    previous, current = gap_history[-2], gap_history[-1]
     return previous - current <= config.flat_tolerance * max(previous, 1e-12)
 
 
@@ -527,7 +532,7 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
     l_e = (means[0::2] - means[1::2]).abs().mean()
     l_m = l_e.new_zeros(())
-    if config.gamma:
+    if config.keep_mean_weight:
         original = pairs.original[sent_rows].to(device)
         drift = ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])) / 2
         if config.lm_smooth > 0:  # Huber: quadratic within lm_smooth of the original
@@ -549,10 +554,11 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     zero = l_e.new_zeros(())
     l_s1 = torch.stack(group).mean() if group else zero
     l_s2 = torch.stack(generic).mean() if generic else zero
-    loss = l_e + config.alpha * l_s1 + config.beta * l_s2 + config.gamma * l_m
-    terms = {"loss": float(loss.detach()), "l_e": float(l_e.detach()),
-             **({"l_m": float(l_m.detach())} if config.gamma else {}),
-             "l_s1": float(l_s1.detach()), "l_s2": float(l_s2.detach())}
+    loss = (l_e + config.retention_weight * l_s1 + config.generic_weight * l_s2
+            + config.keep_mean_weight * l_m)
+    terms = {"loss": float(loss.detach()), "bias_loss": float(l_e.detach()),
+             **({"keep_mean": float(l_m.detach())} if config.keep_mean_weight else {}),
+             "retention_kl": float(l_s1.detach()), "generic_kl": float(l_s2.detach())}
     return loss, terms
 
 
