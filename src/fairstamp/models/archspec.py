@@ -222,3 +222,12 @@ def arch_spec_for(model: nn.Module) -> ArchSpec:
     spec = arch_spec_for_model_type(model_type)
     spec.validate(model)
     return spec
+
+
+def check_layer(layer: int, num_layers: int, model_name: str) -> int:
+    """`layer` if it is a layer index of a `num_layers`-layer model; else the one message every
+    command and method gives."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
+        raise FairstampError(f"layer {layer} is out of range: {model_name} has {num_layers} "
+                             f"layers (0-{num_layers - 1})")
+    return layer
