@@ -7,11 +7,14 @@ top-level `*ForCausalLM` module) or relative to one decoder layer, as the field 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from fairstamp.errors import UnsupportedArchitectureError
+from fairstamp.errors import FairstampError, UnsupportedArchitectureError
+from fairstamp.utils.modules import get_module, set_module
 
 
 @dataclass(frozen=True)
@@ -77,40 +80,37 @@ class ArchSpec:
             get_module(model, path)
 
 
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """`model.get_submodule(path)` with an error that names the architecture table.
-
-    A path may list alternatives separated by `|` (module names that changed between transformers
-    versions); the first that exists is used.
-    """
-    for candidate in path.split("|"):
-        try:
-            return model.get_submodule(candidate)
-        except AttributeError:
-            continue
-    raise UnsupportedArchitectureError(
-        f"module path {path!r} not found in {type(model).__name__}; the ArchSpec entry does not "
-        f"match this model"
-    )
+class LayerRangeError(FairstampError, ValueError):
+    """A layer index the model does not have."""
 
 
+def check_layer(layer: int, num_layers: int, model_name: str = "the model") -> int:
+    """`layer`, if a model of `num_layers` layers has it; else the one error every command and
+    method gives for a layer out of range."""
+    if not 0 <= layer < num_layers:
+        raise LayerRangeError(f"layer {layer} is out of range: {model_name} has {num_layers} "
+                              f"layers (0-{num_layers - 1})")
+    return layer
 
-def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Put `module` at `path` (the first of its `|` alternatives that exists), replacing what was
-    there."""
-    for candidate in path.split("|"):
-        parent_path, _, name = candidate.rpartition(".")
-        try:
-            parent = model.get_submodule(parent_path) if parent_path else model
-            getattr(parent, name)
-        except AttributeError:
-            continue
-        setattr(parent, name, module)
-        return
-    raise UnsupportedArchitectureError(
-        f"module path {path!r} not found in {type(model).__name__}; the ArchSpec entry does not "
-        f"match this model"
-    )
+
+def check_layers(layers: Iterable[int], num_layers: int, model_name: str = "the model"
+                 ) -> list[int]:
+    """`check_layer` for each of several layers (the first one out of range is reported)."""
+    return [check_layer(layer, num_layers, model_name) for layer in layers]
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether `module` is transformers' `Conv1D` (GPT-2's linear layers), which stores its weight
+    [in, out], transposed from nn.Linear's [out, in]. Matched by class name, so that transformers
+    need not be imported."""
+    return type(module).__name__ == "Conv1D"
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of an nn.Linear or a Conv1D as nn.Linear orients it, [out, in]; for a Conv1D
+    its transpose, a view of the same storage (writing to it writes the module's weight)."""
+    return module.weight.T if is_conv1d(module) else module.weight
+
 
 _LLAMA_LIKE = dict(
     layers="model.layers",
@@ -231,3 +231,8 @@ def check_layer(layer: int, num_layers: int, model_name: str) -> int:
         raise FairstampError(f"layer {layer} is out of range: {model_name} has {num_layers} "
                              f"layers (0-{num_layers - 1})")
     return layer
+
+
+__all__ = ["ARCH_SPECS", "ArchSpec", "LayerRangeError", "arch_spec_for", "arch_spec_for_model_type",
+           "check_layer", "check_layers", "get_module", "is_conv1d", "linear_weight", "set_module",
+           "supported_model_types"]
