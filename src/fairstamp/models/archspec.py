@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -86,8 +87,8 @@ class LayerRangeError(FairstampError, ValueError):
 
 def check_layer(layer: int, num_layers: int, model_name: str = "the model") -> int:
     """`layer`, if a model of `num_layers` layers has it; else the one error every command and
-    method gives for a layer out of range."""
-    if not 0 <= layer < num_layers:
+    method gives for a layer out of range (a bool or a non-integer is out of range too)."""
+    if isinstance(layer, bool) or not isinstance(layer, Integral) or not 0 <= layer < num_layers:
         raise LayerRangeError(f"layer {layer} is out of range: {model_name} has {num_layers} "
                               f"layers (0-{num_layers - 1})")
     return layer
@@ -222,15 +223,6 @@ def arch_spec_for(model: nn.Module) -> ArchSpec:
     spec = arch_spec_for_model_type(model_type)
     spec.validate(model)
     return spec
-
-
-def check_layer(layer: int, num_layers: int, model_name: str) -> int:
-    """`layer` if it is a layer index of a `num_layers`-layer model; else the one message every
-    command and method gives."""
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
-        raise FairstampError(f"layer {layer} is out of range: {model_name} has {num_layers} "
-                             f"layers (0-{num_layers - 1})")
-    return layer
 
 
 __all__ = ["ARCH_SPECS", "ArchSpec", "LayerRangeError", "arch_spec_for", "arch_spec_for_model_type",
