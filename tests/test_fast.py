@@ -317,15 +317,26 @@ def test_debias_on_smollm2_moves_the_edited_items_toward_50(tmp_path):
 
 
 def test_layer_rules():
-    from fairstamp.runs.debias import pick_layer
+    from fairstamp.runs.config import EditRunConfig, choose_layer
 
     class Trace:
         def decisive_layer(self, component, exclude_first=False):
             return 7 if exclude_first else 0
 
-    assert [pick_layer(Trace(), "two-thirds", n) for n in (30, 18, 3, 1)] == [20, 12, 2, 0]
-    assert pick_layer(Trace(), "argmax", 30) == 0
-    assert pick_layer(Trace(), "argmax-after-first", 30) == 7
+    def pick(rule, n, layer=None):
+        return choose_layer(EditRunConfig(model="m", layer_rule=rule, layer=layer), n, "m",
+                            Trace())
+
+    assert [pick("two-thirds", n)[0] for n in (30, 18, 3, 1)] == [20, 12, 2, 0]
+    assert pick("argmax", 30) == (0, "rule argmax")
+    assert pick("argmax-after-first", 30) == (7, "rule argmax-after-first")
+    assert pick("argmax", 30, layer=29) == (29, "given")
+    with pytest.raises(FairstampError, match=r"layer 30 is out of range: m has 30 layers \(0-29\)"):
+        pick("two-thirds", 30, layer=30)
+    with pytest.raises(FairstampError, match="needs the bias trace"):
+        choose_layer(EditRunConfig(model="m", layer_rule="argmax"), 30, "m")
+    with pytest.raises(FairstampError, match="unknown layer rule"):
+        EditRunConfig(model="m", layer_rule="middle")
 
 
 def test_cosine_learning_rate_runs_from_lr_to_lr_final():

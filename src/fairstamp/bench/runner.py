@@ -25,40 +25,35 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fairstamp.bench.folder import CONFIG_NAME, ORIGINAL, is_done, method_folder
+from fairstamp.bench.table import write_results
 from fairstamp.errors import FairstampError
-from fairstamp.utils.io import atomic_write_json, staging_dir
+from fairstamp.evaluation.suite import evaluate
+from fairstamp.methods import EditContext, get_method, method_class
+from fairstamp.models import load
+from fairstamp.reporting.run_folder import run_folder
+from fairstamp.runs.config import EditRunConfig, check_given_layer, choose_layer, default
+from fairstamp.runs.debias import edit_layer
+from fairstamp.runs.setup import EditSetup, prepare_edit
+from fairstamp.utils.io import atomic_write_json
+from fairstamp.utils.repro import library_versions, seed_everything
 
 log = logging.getLogger(__name__)
 
-ORIGINAL = "original"
-CONFIG_NAME = "bench_config.json"
 DEFAULT_METHODS = ("fast", "ft", "rome", "memit", "cda", "inlp", "sentence_debias",
                    "self_debias")
 
 
 @dataclass
-class BenchConfig:
-    """Settings of one `fairstamp bench` run; every method sees the same."""
+class BenchConfig(EditRunConfig):
+    """Settings of one `fairstamp bench` run: the edit run every method shares, the methods and
+    their knobs, and where they run."""
 
-    model: str
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    data: str = "stereoset"
-    bias_types: list[str] | None = None
-    limit: int | None = None
-    held_out_fraction: float = 0.2
-    seed: int = 0
-    layer: int | None = None  # None: FAST's default rule (two thirds of the depth)
-    n_generic: int = 200  # generic sentences (L_s2)
-    n_passages: int = 32  # generic passages (L_s2)
-    passage_words: int = 300
-    suite: str = "all"
-    general_limits: dict[str, int] = field(default_factory=dict)
-    n_resamples: int = 1000
-    data_dir: str | None = None
     cache_dir: str | None = None
     device: str | None = None
     max_batch_tokens: int | None = None
@@ -66,21 +61,27 @@ class BenchConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from fairstamp.methods import method_class
-
-        if not self.methods:
-            raise FairstampError("no methods to run")
-        if self.data == "crows" or self.data.endswith(".csv"):
+        if self.uses_crows:
             raise FairstampError("CrowS-Pairs' data statement asks that it not be used to train "
                                  "models; bench on StereoSet or your own bias file (CrowS-Pairs "
                                  "is still evaluated by --suite all)")
+        super().__post_init__()
+        if not self.methods:
+            raise FairstampError("no methods to run")
         for name in [*self.methods, *self.options]:
             method_class(name)  # unknown names fail here, with the list of known ones
         if len(set(self.methods)) != len(self.methods):
             raise FairstampError("a method is named twice")
+        for name, settings in self.options.items():  # unknown knobs fail before any work
+            get_method(name, **settings)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def quick(self) -> BenchConfig:
+        """The quick general suite; the trace shortened only when the layer rule traces."""
+        quick = super().quick()
+        if self.layer is not None or self.layer_rule == "two-thirds":
+            quick = replace(quick, trace_items=self.trace_items,
+                            trace_samples=self.trace_samples)
+        return quick
 
     def shared(self) -> dict[str, Any]:
         """What must not change between the runs that fill one folder (methods may be added)."""
@@ -90,20 +91,10 @@ class BenchConfig:
         return out
 
 
-def method_folder(out: Path, name: str) -> Path:
-    return out / ORIGINAL if name == ORIGINAL else out / "methods" / name
-
-
-def is_done(out: Path, name: str) -> bool:
-    return (method_folder(out, name) / "metrics.json").is_file()
-
-
 def run_bench(config: BenchConfig, out: str | Path, *, isolate: bool = True,
               progress: bool | None = None) -> dict[str, Any]:
     """Evaluate the original and every method into `out` (resuming a started run) and write the
     results table; returns results.json's content."""
-    from fairstamp.bench.table import write_results
-
     out = Path(out)
     _check_or_write_config(config, out)
     names = [ORIGINAL, *config.methods]
@@ -128,7 +119,10 @@ def _check_or_write_config(config: BenchConfig, out: Path) -> None:
     if path.is_file():
         earlier = json.loads(path.read_text())
         shared = config.shared()
-        changed = [k for k, v in shared.items() if earlier.get(k) != v]
+        # A setting the earlier run did not record yet had its default then.
+        defaults = {f.name: default(EditRunConfig, f.name) for f in fields(EditRunConfig)
+                    if f.name != "model"}
+        changed = [k for k, v in shared.items() if earlier.get(k, defaults.get(k)) != v]
         if changed:
             raise FairstampError(
                 f"{out} holds a bench run with other settings ({', '.join(changed)}); use "
@@ -169,37 +163,23 @@ def _peak_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def context_for(config: BenchConfig, loaded: Any, progress: bool | None = None):
+def context_for(config: BenchConfig, loaded: Any, progress: bool | None = None
+                ) -> tuple[EditContext, EditSetup]:
     """(EditContext, EditSetup) of a bench run: the same for every method."""
-    from fairstamp.methods import EditContext
-    from fairstamp.runs.debias import pick_layer, prepare_edit
-
+    check_given_layer(config, loaded.num_layers, loaded.name)
     setup = prepare_edit(config)
-    layer = config.layer
-    n_layers = loaded.arch.num_layers(loaded.model)
-    if layer is None:
-        layer = pick_layer(None, "two-thirds", n_layers)
-    if not 0 <= layer < n_layers:
-        raise FairstampError(f"layer {layer} out of range: {loaded.name} has {n_layers} layers")
-    context = EditContext(
-        loaded=loaded, items=setup.edit,
-        bias_types=config.bias_types or sorted({i.bias_type for i in setup.items}),
-        layer=layer, retention_sentences=setup.retention_sentences,
-        generic_sentences=setup.generic_sentences, generic_passages=setup.generic_passages,
-        data_root=setup.data_root,
-        cache_dir=Path(config.cache_dir) if config.cache_dir else None, seed=config.seed,
-        progress=progress)
+    if config.layer is None and config.layer_rule != "two-thirds":
+        layer, _, _ = edit_layer(loaded, config, setup, progress=progress)
+    else:  # the layer needs no trace; bench does not report one
+        layer, _ = choose_layer(config, loaded.num_layers, loaded.name)
+    context = setup.context(loaded, layer, seed=config.seed, cache_dir=config.cache_dir,
+                            progress=progress)
     return context, setup
 
 
 def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None = None,
             isolated: bool = True) -> Path:
     """Fit one method (or none, for the original) and evaluate it into its folder."""
-    from fairstamp.evaluation.suite import evaluate
-    from fairstamp.methods import get_method
-    from fairstamp.models import load
-    from fairstamp.utils.repro import library_versions, seed_everything
-
     seed_everything(config.seed)
     loaded = load(config.model, cache_dir=config.cache_dir, device=config.device)
     context, setup = context_for(config, loaded, progress)
@@ -227,12 +207,11 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
                           max_batch_tokens=config.max_batch_tokens)
     result["eval_seconds"] = round(time.perf_counter() - clock, 2)
     folder = method_folder(out, name)
-    with staging_dir(folder, overwrite=True) as stage:
-        atomic_write_json(stage / "metrics.json", evaluation.metrics)
-        atomic_write_json(stage / "predictions.json", evaluation.predictions)
-        atomic_write_json(stage / "result.json", result)
+    with run_folder(folder, overwrite=True) as written:
+        written.evaluation("", evaluation.metrics, evaluation.predictions)
+        written.json("result.json", result)
         if edit is not None:
-            edit.save(stage)
+            edit.save(written.path)
     failure = out / "failed" / f"{name}.json"
     if failure.exists():
         os.unlink(failure)

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
+from fairstamp.bench.folder import CONFIG_NAME, ORIGINAL, method_folder
+from fairstamp.methods import method_names
+from fairstamp.reporting.plots import tradeoff
+from fairstamp.reporting.text import console
 from fairstamp.utils.io import atomic_write_json, atomic_write_text
+from fairstamp.utils.repro import library_versions
 
 #: (key, header, where in metrics.json, digits); "ideal" in COLUMNS_IDEAL.
 BIAS_COLUMNS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
@@ -57,7 +64,6 @@ def row_of(name: str, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> 
 
 
 def collect(out: Path, methods: list[str]) -> list[dict[str, Any]]:
-    from fairstamp.bench.runner import ORIGINAL, method_folder
 
     rows = []
     for name in [ORIGINAL, *methods]:
@@ -104,17 +110,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_results(out: Path, config: Any) -> dict[str, Any]:
     """results.json, results.md and plots/tradeoff.png from the method folders."""
-    from fairstamp.methods import method_names
-    from fairstamp.utils.repro import library_versions
-
-    stored = json.loads((out / "bench_config.json").read_text())
+    stored = json.loads((out / CONFIG_NAME).read_text())
     known = method_names()  # built-ins in their table order, then the run's own order
     methods = sorted(stored.get("methods", config.methods),
                      key=lambda m: (known.index(m) if m in known else len(known)))
     rows = collect(out, methods)
     model = config.model
-    from fairstamp.reporting.plots import tradeoff
-
     plot = tradeoff([r for r in rows if r["status"] == "done"], out / "plots" / "tradeoff.png",
                     title=f"{model}: bias removed vs knowledge kept")
     results = {"kind": "bench", "model": model, "config": stored, "rows": rows,
@@ -139,10 +140,6 @@ def write_results(out: Path, config: Any) -> dict[str, Any]:
 
 
 def print_results(results: Mapping[str, Any]) -> None:
-    from rich.table import Table
-
-    from fairstamp.reporting.text import console
-
     table = Table(title=f"fairstamp bench: {results['model']}")
     headers = ["method", "SS edited", "PS edited", "SS held-out", "RS unseen", "LMS", "PPL",
                "known kept", "fit s", "params"]

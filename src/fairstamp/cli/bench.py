@@ -7,13 +7,22 @@ from typing import Annotated, Optional
 
 import typer
 
+from fairstamp.bench.runner import BenchConfig, run_bench
+from fairstamp.bench.table import print_results
+from fairstamp.cli import options as O
+from fairstamp.cli.evaluate import parse_limits
 from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.errors import FairstampError
+from fairstamp.models.loader import peek_num_layers
+from fairstamp.runs.config import check_given_layer, defaults
+
+RUN = defaults(BenchConfig)  # where every default below is written
+BIAS_TYPES = O.comma_list(RUN["bias_types"])
+METHODS = O.comma_list(RUN["methods"])
 
 
 def parse_options(values: list[str] | None) -> dict[str, dict[str, str]]:
     """`["rome.v_lr=0.1", "fast.width=128"]` → {"rome": {"v_lr": "0.1"}, "fast": {...}}."""
-    from fairstamp.errors import FairstampError
-
     out: dict[str, dict[str, str]] = {}
     for value in values or []:
         key, sep, setting = value.partition("=")
@@ -30,63 +39,51 @@ def bench_command(
                                       "when it holds a bench run with the same settings).")],
     model: ModelOpt = DEFAULT,
     methods: Annotated[str, typer.Option(
-        help="Comma-separated methods, in table order: fast, ft, rome, memit, cda, inlp, "
-        "sentence_debias, self_debias.")]
-    = "fast,ft,rome,memit,cda,inlp,sentence_debias,self_debias",
-    data: Annotated[str, typer.Option(help="stereoset | a file (as in `fairstamp debias`).")]
-    = "stereoset",
-    bias_types: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Comma-separated bias types, e.g. gender,race,religion.")] = "gender",
-    limit: Annotated[Optional[int], typer.Option(min=1, help="At most N bias items.")]  # noqa: UP045
-    = None,
-    layer: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="The layer single-layer methods edit (default: FAST's rule, two thirds of the "
-        "depth; MEMIT edits the layers ending there).")] = None,
+        help=f"Comma-separated methods, in table order: {', '.join(RUN['methods'])}.")]
+    = METHODS,
+    data: O.Data = RUN["data"],
+    bias_types: O.BiasTypes = BIAS_TYPES,
+    limit: O.Limit = RUN["limit"],
+    layer: O.Layer = RUN["layer"],
+    layer_rule: O.LayerRule = RUN["layer_rule"],
+    trace_items: O.TraceItems = RUN["trace_items"],
+    trace_samples: O.TraceSamples = RUN["trace_samples"],
     option: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--option", help="A method's knob, METHOD.OPTION=VALUE (repeatable), e.g. "
         "rome.v_num_grad_steps=10.")] = None,
-    held_out_fraction: Annotated[float, typer.Option(
-        min=0.0, max=0.9, help="Share of targets never edited (held-out SS).")] = 0.2,
-    suite: Annotated[str, typer.Option(help="Evaluation suite: all | biascope | stereoset.")]
-    = "all",
-    quick: Annotated[bool, typer.Option(
-        "--quick", help="The small general-ability subsets of `debias --quick`.")] = False,
-    general_limits: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Subset sizes of the general suite, as in `fairstamp eval`.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split, every fit and the "
-                                      "bootstrap.")] = 0,
-    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")] = 1000,
+    passages: O.Passages = RUN["n_passages"],
+    held_out_fraction: O.HeldOutFraction = RUN["held_out_fraction"],
+    suite: O.Suite = RUN["suite"],
+    quick: O.Quick = False,
+    general_limits: O.GeneralLimits = None,
+    seed: O.Seed = RUN["seed"],
+    bootstrap: O.Bootstrap = RUN["n_resamples"],
     in_process: Annotated[bool, typer.Option(
         "--in-process", help="Run every method in this process (peak memory is then the "
         "whole run's) instead of one process per method.")] = False,
-    data_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Public data folder (default: $FAIRSTAMP_DATA or ../shared/data).")] = None,
+    data_dir: O.DataDir = None,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Fit every named method on the same edit-side items (same layer, text and seed), evaluate
     each with the same BiaScope suite, and write results.md / results.json with a trade-off plot
-    (|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again."""
-    from fairstamp.bench.runner import BenchConfig, run_bench
-    from fairstamp.bench.table import print_results
-    from fairstamp.cli.debias import QUICK_GENERAL_LIMITS
-    from fairstamp.cli.evaluate import parse_limits
-    from fairstamp.cli.options import split_list
-
-    limits = dict(QUICK_GENERAL_LIMITS) if quick else {}
-    limits.update(parse_limits(general_limits))
+    (|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again. `--quick`
+    shortens the general suite (and the trace of an argmax layer rule); each method's own
+    training length is its option (e.g. --option fast.max_steps=60)."""
     config = BenchConfig(
-        model=model, methods=split_list(methods) or [], data=data,
-        bias_types=split_list(bias_types), limit=limit, held_out_fraction=held_out_fraction,
-        seed=seed, layer=layer, suite=suite, general_limits=limits, n_resamples=bootstrap,
+        model=model, methods=O.split_list(methods) or [], data=data,
+        bias_types=O.split_list(bias_types), limit=limit, held_out_fraction=held_out_fraction,
+        seed=seed, layer=layer, layer_rule=layer_rule, trace_items=trace_items,
+        trace_samples=trace_samples, n_passages=passages, suite=suite,
+        general_limits=parse_limits(general_limits), n_resamples=bootstrap,
         data_dir=str(data_dir.resolve()) if data_dir else None,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None, device=device,
         max_batch_tokens=batch_tokens, options=parse_options(option))
-    for name, settings in config.options.items():  # unknown knobs fail before any work
-        from fairstamp.methods import get_method
-
-        get_method(name, **settings)
+    if quick:
+        config = config.quick()
+    if layer is not None:  # refused before any model work, from the model's config alone
+        check_given_layer(config, peek_num_layers(model, cache_dir=cache_dir), model)
     results = run_bench(config, out, isolate=not in_process)
     print_results(results)
     typer.echo(f"results: {out / 'results.md'}", err=True)

@@ -10,6 +10,7 @@ import typer
 
 from fairstamp import __version__
 from fairstamp.errors import FairstampError
+from fairstamp.utils.logs import setup_logging
 
 app = typer.Typer(
     name="fairstamp",
@@ -42,25 +43,6 @@ def _root(
 ) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     setup_logging(level, show_library_progress=verbose > 0)
-
-
-def setup_logging(level: int, show_library_progress: bool) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
-    logging.getLogger("fairstamp").setLevel(level)
-    # transformers' own bars and chatter ("Loading weights", GGUF conversion) only with -v.
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-        if not show_library_progress:
-            hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
 
 
 def _register() -> None:

@@ -35,3 +35,43 @@ BatchTokensOpt = Annotated[
 def split_list(value: str | None) -> list[str] | None:
     """`"gender, race"` → ["gender", "race"]; None or empty → None."""
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# -- the edit run's options (`debias` and `bench`), declared once; defaults from EditRunConfig ----
+
+Layer = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    min=0, help="The layer to edit (the stamp goes after its MLP; MEMIT edits the layers ending "
+    "there). Default: --layer-rule.")]
+LayerRule = Annotated[str, typer.Option(
+    help="How the layer is picked when --layer is not given: two-thirds (layer round(2/3 × "
+    "layers); best in the layer sweep, docs/fast.md), argmax-after-first or argmax (the traced "
+    "decisive layer).")]
+Data = Annotated[str, typer.Option(
+    help="stereoset | crows | a file: SPEC §2 bias JSONL, StereoSet .json or CrowS-Pairs .csv.")]
+BiasTypes = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    help="Comma-separated bias types to edit, e.g. gender,race,religion (empty: all).")]
+Limit = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    min=1, help="At most N bias items.")]
+HeldOutFraction = Annotated[float, typer.Option(
+    min=0.0, max=0.9, help="Share of targets never edited (held-out SS).")]
+TraceItems = Annotated[int, typer.Option(min=1, help="Edited items traced to locate the bias.")]
+TraceSamples = Annotated[int, typer.Option(min=1, help="Noise samples per traced item.")]
+Passages = Annotated[int, typer.Option(
+    min=0, help="WikiText-2 valid passages of 300 words in the generic-text KL term, besides 200 "
+    "sentences (0: sentences only; docs/fast.md, Perplexity).")]
+Suite = Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | stereoset.")]
+Quick = Annotated[bool, typer.Option(
+    "--quick", help="Small general-ability subsets, a short trace and at most 60 training steps "
+    "(the README's quick start on a CPU).")]
+GeneralLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    help="Subset sizes of the general suite, as in `fairstamp eval`.")]
+Seed = Annotated[int, typer.Option(help="Seed of the split, tracing, every fit and the "
+                                   "bootstrap.")]
+Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")]
+DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    help="Public data folder (default: $FAIRSTAMP_DATA or ../shared/data).")]
+
+
+def comma_list(values: list[str] | None) -> str:
+    """The CLI spelling of a list default (`split_list` reads it back)."""
+    return ",".join(values or [])

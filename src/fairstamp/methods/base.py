@@ -18,6 +18,8 @@ JSON, never pickle). The four kinds of edit a method can make:
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import nn
 
 from fairstamp.data.items import BiasItem
@@ -64,6 +68,9 @@ class Edit(ABC):
 
     method: str = ""
     info: dict[str, Any]
+    #: "module:Class" whose `from_saved` puts a saved edit of this kind back on a model
+    #: (recorded in edit.json; `Edit.load` reads it).
+    loader: ClassVar[str] = ""
 
     @abstractmethod
     def restore(self, loaded: Any) -> None:
@@ -82,21 +89,46 @@ class Edit(ABC):
                 **self.info}
 
     def save(self, folder: str | Path) -> Path:
-        """edit.json (method, knobs, summary) + edit.safetensors (the edit's tensors)."""
-        from safetensors.torch import save
-
+        """edit.json (method, knobs, summary, loader) + edit.safetensors (the edit's tensors)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors().items()}
         if tensors:
             atomic_write_bytes(folder / EDIT_TENSORS,
-                               save(tensors, metadata={"method": self.method}))
-        atomic_write_json(folder / EDIT_CONFIG, self.summary())
+                               save_tensors(tensors, metadata={"method": self.method}))
+        atomic_write_json(folder / EDIT_CONFIG, {**self.summary(), "loader": self.loader})
         return folder
+
+    @staticmethod
+    def load(folder: str | Path, loaded: Any) -> Edit:
+        """Put the edit saved in `folder` back on `loaded` (the model it was fitted on) and return
+        it; `restore` takes it off again."""
+        folder = Path(folder)
+        if not (folder / EDIT_CONFIG).is_file():
+            raise FairstampError(f"{folder}: not a saved edit (no {EDIT_CONFIG})")
+        summary = json.loads((folder / EDIT_CONFIG).read_text())
+        loader = summary.get("loader")
+        if not loader or ":" not in loader:
+            raise FairstampError(f"{folder / EDIT_CONFIG}: names no loader for a "
+                                 f"{summary.get('method')!r} edit (saved by an older fairstamp; "
+                                 f"fit it again)")
+        module, name = loader.split(":")
+        kind = getattr(importlib.import_module(module), name)
+        tensors = load_tensors(str(folder / EDIT_TENSORS)) if (folder / EDIT_TENSORS).is_file() \
+            else {}
+        return kind.from_saved(folder, loaded, summary, tensors)
+
+    @classmethod
+    def from_saved(cls, folder: Path, loaded: Any, summary: dict[str, Any],
+                   tensors: dict[str, torch.Tensor]) -> Edit:
+        """Rebuild a saved edit of this kind on `loaded` (see `load`)."""
+        raise FairstampError(f"a {summary.get('method')!r} edit cannot be loaded back")
 
 
 class WeightEdit(Edit):
     """Weights changed in place; the originals of exactly those tensors are kept to restore."""
+
+    loader = "fairstamp.methods.base:WeightEdit"
 
     def __init__(self, method: str, model: nn.Module, originals: dict[str, torch.Tensor],
                  info: dict[str, Any] | None = None) -> None:
@@ -120,6 +152,26 @@ class WeightEdit(Edit):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f"delta.{n}": d for n, d in self.deltas().items()}
+
+    @classmethod
+    def from_saved(cls, folder: Path, loaded: Any, summary: dict[str, Any],
+                   tensors: dict[str, torch.Tensor]) -> WeightEdit:
+        """Add the saved deltas to the model's weights (equal to the fitted weights up to one
+        float rounding of original + delta)."""
+        deltas = {name.removeprefix("delta."): t for name, t in tensors.items()
+                  if name.startswith("delta.")}
+        params = dict(loaded.model.named_parameters())
+        wrong = [n for n, d in deltas.items() if n not in params or params[n].shape != d.shape]
+        if wrong:
+            raise FairstampError(f"{folder}: the saved edit does not fit this model "
+                                 f"({', '.join(wrong[:3])})")
+        originals = snapshot(loaded.model, deltas)
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                params[name].add_(delta.to(params[name].device, params[name].dtype))
+        info = {k: v for k, v in summary.items()
+                if k not in ("method", "parameters_changed", "loader")}
+        return cls(summary["method"], loaded.model, originals, info)
 
 
 def snapshot(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:

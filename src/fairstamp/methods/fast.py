@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fairstamp.fast.train import FitConfig, fit_stamp
 from fairstamp.methods.base import Edit, EditContext, Method
+from fairstamp.stamp.artefact import Stamp, write_stamp_files
 
 
 class StampEdit(Edit):
     """A trained stamp attached to the model; `restore` detaches it (bitwise the original)."""
 
     method = "fast"
+    loader = "fairstamp.methods.fast:StampEdit"
 
-    def __init__(self, fit: Any) -> None:
-        self.fit = fit
-        self.stamp = fit.stamp
-        self.info = {"layer": self.stamp.layer, "width": self.stamp.config.width,
-                     "reads": self.stamp.config.reads, **fit.summary()}
+    def __init__(self, stamp: Stamp, summary: dict[str, Any] | None = None) -> None:
+        self.stamp = stamp
+        self.info = {"layer": stamp.layer, "width": stamp.config.width,
+                     "reads": stamp.config.reads, **(summary or {})}
+
+    @classmethod
+    def from_saved(cls, folder: Path, loaded: Any, summary: dict[str, Any],
+                   tensors: dict[str, Any]) -> StampEdit:
+        """The stamp artefact in `folder`, fingerprint-checked and attached."""
+        stamp = Stamp.from_pretrained(folder, loaded)
+        return cls(stamp, {k: v for k, v in summary.items()
+                           if k not in ("method", "parameters_changed", "loader", "layer",
+                                        "width", "reads")})
 
     def restore(self, loaded: Any) -> None:
         self.stamp.detach_from(loaded)
@@ -28,8 +39,6 @@ class StampEdit(Edit):
 
     def save(self, folder: str | Path) -> Path:
         """The stamp's own artefact (stamp_config.json + stamp.safetensors) and edit.json."""
-        from fairstamp.stamp.artefact import write_stamp_files
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_stamp_files(folder, self.stamp)
@@ -46,11 +55,6 @@ class FastMethod(Method):
                            retention_sentences=context.retention_sentences,
                            generic_sentences=context.generic_sentences,
                            generic_passages=context.generic_passages,
-                           config=_seeded(self.config, context.seed), progress=context.progress)
-        return StampEdit(result)
-
-
-def _seeded(config: FitConfig, seed: int) -> FitConfig:
-    from dataclasses import replace
-
-    return replace(config, seed=seed)
+                           config=replace(self.config, seed=context.seed),
+                           progress=context.progress)
+        return StampEdit(result.stamp, result.summary())

@@ -165,6 +165,31 @@ def _unknown_model_message(name: str, exc: Exception) -> str:
     )
 
 
+def peek_num_layers(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None,
+                    revision: str | None = None, trust_remote_code: bool = False) -> int:
+    """The number of transformer layers of a model, from its config alone (no weights read), so
+    that a layer option can be checked before any model work. An alias is converted first if it
+    is not cached yet (as `load` would)."""
+    from transformers import AutoConfig
+
+    source, where, display = _resolve(name_or_path, cache_dir)
+    hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        hub_kwargs["revision"] = revision
+    try:
+        config = AutoConfig.from_pretrained(where, **hub_kwargs)
+    except OSError as exc:
+        if source == "hub":
+            raise ModelNotFoundError(_unknown_model_message(name_or_path, exc)) from exc
+        raise ModelNotFoundError(f"{where}: cannot read config.json ({exc})") from exc
+    arch_spec_for_model_type(config.model_type)  # an unsupported family is refused here
+    config = getattr(config, "text_config", None) or config
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(layers, int):
+        raise FairstampError(f"{display}: its config names no number of layers")
+    return layers
+
+
 def load(
     name_or_path: str,
     *,

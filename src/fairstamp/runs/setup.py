@@ -1,0 +1,80 @@
+"""What an edit run prepares before any method runs: the bias items and their split by target,
+the training text, the evaluation settings, and the `EditContext` every method fits on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fairstamp.data.bias_sets import load_bias_set
+from fairstamp.data.items import BiasItem, RetentionItem
+from fairstamp.data.locations import data_root
+from fairstamp.data.splits import split_by_target
+from fairstamp.data.training_text import training_text
+from fairstamp.errors import DataError
+from fairstamp.evaluation.config import EvalConfig
+from fairstamp.methods.base import EditContext
+from fairstamp.runs.config import EditRunConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditSetup:
+    """The items, split, training text and evaluation settings of one edit run (the same for
+    every method of a bench run)."""
+
+    items: list[BiasItem]
+    edit: list[BiasItem]
+    held_out: list[BiasItem]
+    retention_sentences: list[str]
+    generic_sentences: list[str]
+    generic_passages: list[str]
+    retention_trained: list[RetentionItem]
+    data_root: Path
+    eval_config: EvalConfig
+
+    def context(self, loaded: Any, layer: int, *, seed: int, cache_dir: str | Path | None = None,
+                progress: bool | None = None) -> EditContext:
+        """What a method fits on: this setup's edit side, text and seed, at `layer`."""
+        return EditContext(
+            loaded=loaded, items=self.edit,
+            bias_types=self.eval_config.bias_types or sorted({i.bias_type for i in self.items}),
+            layer=layer, retention_sentences=self.retention_sentences,
+            generic_sentences=self.generic_sentences, generic_passages=self.generic_passages,
+            data_root=self.data_root, cache_dir=Path(cache_dir) if cache_dir else None,
+            seed=seed, progress=progress)
+
+
+def prepare_edit(config: EditRunConfig) -> EditSetup:
+    """Load and split the bias items and the training text that `config` names."""
+    root = data_root(config.data_dir)
+    if root is None:
+        raise DataError("editing needs the public data folder (WikiText-2, paraphrases): "
+                        "pass --data-dir or set $FAIRSTAMP_DATA")
+    # Paraphrases are evaluation-only: `evaluate` attaches them; training never reads them.
+    items = load_bias_set(config.data, config.bias_types, config.limit)
+    edit, held_out = split_by_target(items, held_out_fraction=config.held_out_fraction,
+                                     seed=config.seed)
+    if not edit:
+        raise DataError("no items on the edit side of the split; lower --held-out-fraction")
+    log.info("%d bias items: %d to edit, %d on held-out targets", len(items), len(edit),
+             len(held_out))
+    text = training_text(config.bias_types, seed=config.seed, data_dir=root,
+                         n_generic=config.n_generic, n_passages=config.n_passages,
+                         passage_words=config.passage_words)
+    trained_retention = text.retention_trained
+    eval_config = EvalConfig(
+        model=config.model, suite=config.suite, bias_types=config.bias_types,
+        seed=config.seed, n_resamples=config.n_resamples,
+        held_out_fraction=config.held_out_fraction, data_dir=str(root),
+        general_limits=dict(config.general_limits), edited_ids=[i.id for i in edit],
+        retention_trained_ids=[r.id for r in trained_retention])
+    return EditSetup(items=items, edit=edit, held_out=held_out,
+                     retention_sentences=text.retention_sentences,
+                     generic_sentences=text.generic_sentences,
+                     generic_passages=text.generic_passages,
+                     retention_trained=trained_retention, data_root=Path(root),
+                     eval_config=eval_config)
