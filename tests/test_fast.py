@@ -82,20 +82,21 @@ def test_the_best_check_is_kept(tiny_tokenizer, items):
     loaded, result = fit(tiny_tokenizer, items, max_steps=12, check_every=2, lr=0.2)
     kept = result.summary()["final"]
     assert kept["step"] == result.best_step
-    best = min(result.history, key=lambda h: (max(abs(h["ss"] - 50) - 1.0, 0.0), h["bias_loss_all"]))
+    best = min(result.history,
+               key=lambda h: (max(abs(h["ss"] - 50) - 1.0, 0.0), h["bias_loss_all"]))
     assert best["step"] == result.best_step
     assert mean_abs_gap(loaded, items) == pytest.approx(kept["bias_loss_all"], abs=1e-5)
 
 
 def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):
-    """keep_mean_weight > 0 adds L_m: the gap between stereo and anti shrinks while the mean score of each
-    pair stays nearer the original model's."""
+    """keep_mean_weight > 0 adds L_m: the gap between stereo and anti shrinks while the mean score
+    of each pair stays nearer the original model's."""
     sentences = [s for i in items for s in (i.stereo, i.anti)]
     original = Scorer.from_loaded(tiny(tiny_tokenizer)).score(sentences).mean
     drift = {}
     for gamma, smooth in ((0.0, 0.0), (10.0, 0.0), (10.0, 1e-3)):
-        loaded, result = fit(tiny_tokenizer, items, keep_mean_weight=gamma, lm_smooth=smooth, max_steps=12,
-                             lr=3e-2)
+        loaded, result = fit(tiny_tokenizer, items, keep_mean_weight=gamma, lm_smooth=smooth,
+                             max_steps=12, lr=3e-2)
         assert ("keep_mean" in result.history[-1]) == bool(gamma)
         scores = Scorer.from_loaded(loaded).score(sentences).mean
         drift[gamma, smooth] = float(np.mean(np.abs((scores[0::2] + scores[1::2])
