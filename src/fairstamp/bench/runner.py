@@ -33,11 +33,12 @@ from fairstamp.bench.folder import CONFIG_NAME, ORIGINAL, is_done, method_folder
 from fairstamp.bench.table import write_results
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.suite import evaluate
-from fairstamp.methods import EditContext, get_method, method_class
+from fairstamp.methods import Edit, EditContext, Unedited, get_method, method_class
 from fairstamp.models import load
 from fairstamp.reporting.run_folder import run_folder
 from fairstamp.runs.config import EditRunConfig, check_given_layer, choose_layer, default
 from fairstamp.runs.debias import edit_layer
+from fairstamp.runs.folds import cross_validate
 from fairstamp.runs.setup import EditSetup, prepare_edit
 from fairstamp.utils.io import atomic_write_json
 from fairstamp.utils.repro import library_versions, seed_everything
@@ -209,12 +210,31 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
     folder = method_folder(out, name)
     with run_folder(folder, overwrite=True) as written:
         written.evaluation("", evaluation.metrics, evaluation.predictions)
-        written.json("result.json", result)
         if edit is not None:
             edit.save(written.path)
+            edit.restore(loaded)
+        if config.folds > 1:
+            clock = time.perf_counter()
+            result["cross_validation"] = _cross_validate(name, config, loaded, context, setup,
+                                                         progress)
+            result["cross_validation_seconds"] = round(time.perf_counter() - clock, 2)
+        written.json("result.json", result)
     failure = out / "failed" / f"{name}.json"
     if failure.exists():
         os.unlink(failure)
-    if edit is not None:
-        edit.restore(loaded)
     return folder
+
+
+def _cross_validate(name: str, config: BenchConfig, loaded: Any, context: EditContext,
+                    setup: EditSetup, progress: bool | None = None) -> dict[str, Any]:
+    """`--folds K`: the method fitted K more times on the original model, each fold's targets
+    held out (runs/folds.py); the original's row gets the same items' "before"."""
+    def fit(fold_context: EditContext) -> Edit:
+        if name == ORIGINAL:  # the original's row: the same items scored, nothing fitted
+            return Unedited()
+        return get_method(name, **config.options.get(name, {})).fit(fold_context)
+
+    return cross_validate(
+        loaded, setup.items, lambda items: replace(context, items=items), fit,
+        folds=config.folds, seed=config.seed, n_resamples=config.n_resamples,
+        max_batch_tokens=config.max_batch_tokens, progress=progress)

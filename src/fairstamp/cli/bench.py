@@ -53,6 +53,7 @@ def bench_command(
         "rome.v_num_grad_steps=10.")] = None,
     passages: O.Passages = RUN["n_passages"],
     held_out_fraction: O.HeldOutFraction = RUN["held_out_fraction"],
+    folds: O.Folds = RUN["folds"],
     suite: O.Suite = RUN["suite"],
     quick: O.Quick = False,
     general_limits: O.GeneralLimits = None,
@@ -74,7 +75,7 @@ def bench_command(
     config = BenchConfig(
         model=model, methods=O.split_list(methods) or [], data=data,
         bias_types=O.split_list(bias_types), limit=limit, held_out_fraction=held_out_fraction,
-        seed=seed, layer=layer, layer_rule=layer_rule, trace_items=trace_items,
+        folds=folds, seed=seed, layer=layer, layer_rule=layer_rule, trace_items=trace_items,
         trace_samples=trace_samples, n_passages=passages, suite=suite,
         general_limits=parse_limits(general_limits), n_resamples=bootstrap,
         data_dir=str(data_dir.resolve()) if data_dir else None,

@@ -76,6 +76,7 @@ def debias_command(
         "trained position) or auto (seen above 100k tokens). Evaluation always uses the whole "
         "vocabulary (docs/fast.md, Training vocabulary).")] = FIT["train_vocab"],
     held_out_fraction: O.HeldOutFraction = RUN["held_out_fraction"],
+    folds: O.Folds = RUN["folds"],
     suite: O.Suite = RUN["suite"],
     quick: O.Quick = False,
     general_limits: O.GeneralLimits = None,
@@ -106,8 +107,8 @@ def debias_command(
                     train_vocab=train_vocab, seed=seed)
     config = DebiasConfig(
         model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
-        n_passages=passages, held_out_fraction=held_out_fraction, seed=seed, layer=layer,
-        layer_rule=layer_rule, trace_items=trace_items, trace_samples=trace_samples,
+        n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,
+        layer=layer, layer_rule=layer_rule, trace_items=trace_items, trace_samples=trace_samples,
         suite=suite, general_limits=parse_limits(general_limits), n_resamples=bootstrap,
         data_dir=str(data_dir) if data_dir else None,
         allow_crows_training=allow_crows_training, fit=fit)

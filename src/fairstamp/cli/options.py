@@ -68,6 +68,10 @@ GeneralLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
 Seed = Annotated[int, typer.Option(help="Seed of the split, tracing, every fit and the "
                                    "bootstrap.")]
 Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")]
+Folds = Annotated[int, typer.Option(
+    min=1, help="K > 1: also cross-validate by target — K more fits, each with one K-th of the "
+    "targets held out — and report held-out SS/LMS pooled over every target, with CIs per bias "
+    "type (docs/fast.md, Cross-validation by target). 1: the single split only.")]
 DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045
     help="Public data folder (default: $FAIRSTAMP_DATA or ../shared/data).")]
 

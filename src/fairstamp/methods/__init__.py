@@ -19,6 +19,7 @@ from fairstamp.methods.base import (
     EditContext,
     HookEdit,
     Method,
+    Unedited,
     WeightEdit,
     WrapperEdit,
     snapshot,
@@ -64,5 +65,5 @@ def get_method(name: str, config: Any = None, **overrides: Any) -> Method:
     return method_class(name)(config, **overrides)
 
 
-__all__ = ["BUILTIN", "Edit", "EditContext", "HookEdit", "Method", "WeightEdit", "WrapperEdit",
-           "get_method", "method_class", "method_names", "register", "snapshot"]
+__all__ = ["BUILTIN", "Edit", "EditContext", "HookEdit", "Method", "Unedited", "WeightEdit",
+           "WrapperEdit", "get_method", "method_class", "method_names", "register", "snapshot"]

@@ -70,6 +70,25 @@ def per_type_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str]]
     return rows
 
 
+def cross_validation_rows(cv: Mapping[str, Any] | None
+                          ) -> list[tuple[str, str, str, str, str, str]]:
+    """(metric, bias type, ideal, before, after, change) of a run's cross-validation by target:
+    every item scored by the stamp fitted without its target."""
+    if not cv:
+        return []
+    rows = []
+    for key, label, ideal in (("ss", "SS, held out (CV)", "50"), ("lms", "LMS, held out (CV)",
+                                                                   "100")):
+        b, a = cv["before"].get(key), cv["after"].get(key)
+        if not (a and b):
+            continue
+        for name in ("overall", *a.get("by_type", {})):
+            b_mv = b["overall"] if name == "overall" else b["by_type"].get(name)
+            a_mv = a["overall"] if name == "overall" else a["by_type"].get(name)
+            rows.append((label, name, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv)))
+    return rows
+
+
 def before_after_plots(metrics: Mapping[str, Any], folder: Path,
                        trace: Any = None) -> dict[str, str]:
     """Before/after bars of the bias metrics, the training curve and the layer profile."""
@@ -91,6 +110,14 @@ def before_after_plots(metrics: Mapping[str, Any], folder: Path,
                           title=f"{label} — {name}", ylabel="%",
                           ideal=100.0 if key == "lms" else 50.0)
         out[f"{label}, before and after"] = f"plots/{file}.png"
+    cv = metrics.get("cross_validation")
+    if cv and cv["after"].get("ss"):
+        P.bars_with_ideal({"before": flat(cv["before"]["ss"]), "after": flat(cv["after"]["ss"])},
+                          folder / "cross_validated_ss.png",
+                          title=f"SS on held-out targets, {cv['folds']}-fold CV — {name}",
+                          ylabel="%", ideal=50.0)
+        out["SS on held-out targets (cross-validated), before and after"] = \
+            "plots/cross_validated_ss.png"
     history = metrics.get("history") or []
     if history:
         P.training_curve(history, folder / "training.png",
@@ -131,6 +158,21 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         lines += ["", "## Per bias type", "", "| metric | bias type | before | after |",
                   "|---|---|---|---|"]
         lines += [f"| {' | '.join(row)} |" for row in per_type]
+    cv = metrics.get("cross_validation")
+    if cv:
+        lines += ["", f"## Cross-validation by target ({cv['folds']} folds)", "",
+                  f"{cv['folds']} more stamps, each trained with one fold's targets held out "
+                  f"(same layer, text, seed and training settings); every one of the "
+                  f"{cv['n_items']} items is scored by the stamp that never saw its target, and "
+                  "the scores are pooled. Before = the original model on the same items.", "",
+                  "| metric | bias type | ideal | before | after | change |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in cross_validation_rows(cv)]
+        lines += ["", "| fold | held-out targets | items edited | items held out | held-out SS "
+                  "| fit s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['fold']} | {', '.join(r['held_out_targets'])} | {r['n_edit']} | "
+                  f"{r['n_held_out']} | {r['held_out_ss']:.1f} | {r['fit_seconds']:.0f} |"
+                  for r in cv["per_fold"]]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({file})" for name, file in plots.items()]
@@ -157,4 +199,9 @@ def print_before_after(metrics: Mapping[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in comparison_rows(metrics):
         table.add_row(*row)
+    for label, bias_type, ideal, before, after, change in cross_validation_rows(
+            metrics.get("cross_validation")):
+        if bias_type == "overall" or len(metrics["cross_validation"]["after"]["ss"]["by_type"]) > 1:
+            name = label if bias_type == "overall" else f"{label} — {bias_type}"
+            table.add_row(name, ideal, before, after, change)
     console().print(table)

@@ -51,8 +51,11 @@ class EditRunConfig:
     n_resamples: int = 1000
     data_dir: str | None = None
     allow_crows_training: bool = False
+    folds: int = 1  # K > 1: also cross-validate by target with K more fits (runs/folds.py)
 
     def __post_init__(self) -> None:
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
+            raise FairstampError(f"folds must be a whole number >= 1, got {self.folds!r}")
         if self.layer_rule not in LAYER_RULES:
             raise FairstampError(f"unknown layer rule {self.layer_rule!r}; choose from "
                                  f"{', '.join(LAYER_RULES)}")

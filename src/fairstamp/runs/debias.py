@@ -25,6 +25,7 @@ from fairstamp import __version__
 from fairstamp.data.items import BiasItem
 from fairstamp.evaluation.suite import Evaluation, evaluate
 from fairstamp.fast.train import FitConfig, FitResult, fit_stamp
+from fairstamp.methods.fast import FastMethod
 from fairstamp.reporting.before_after import before_after_plots, before_after_report
 from fairstamp.reporting.run_folder import run_folder
 from fairstamp.runs.config import (
@@ -33,6 +34,7 @@ from fairstamp.runs.config import (
     check_given_layer,
     choose_layer,
 )
+from fairstamp.runs.folds import cross_validate
 from fairstamp.runs.setup import EditSetup, prepare_edit
 from fairstamp.scoring.scorer import LowerLayerCache
 from fairstamp.stamp.artefact import write_stamp_files
@@ -72,6 +74,7 @@ class DebiasResult:
     after: Evaluation
     trace: Any = None
     layer_source: str = "given"
+    cross_validation: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -96,6 +99,7 @@ class DebiasResult:
             "crows_training": any(i.source == "crows_pairs" for i in self.edited),
             "before": self.before.metrics,
             "after": self.after.metrics,
+            **({"cross_validation": self.cross_validation} if self.cross_validation else {}),
             "timing": self.seconds,
             "versions": library_versions(),
         }
@@ -151,10 +155,25 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
         log.info("after-evaluation: %d forward passes replayed layers 0..%d from the first "
                  "evaluation, %d ran in full", lower.replayed, layer - 1, lower.recomputed)
         lower.states.clear()
+    cv = None
+    if config.folds > 1:
+        clock = time.perf_counter()
+        fit.stamp.detach_from(loaded)  # the folds' stamps are fitted on the original model
+        try:
+            cv = cross_validate(
+                loaded, setup.items,
+                lambda items: setup.context(loaded, layer, seed=config.seed, progress=progress,
+                                            items=items),
+                FastMethod(config.fit).fit, folds=config.folds, seed=config.seed,
+                n_resamples=config.n_resamples, max_batch_tokens=max_batch_tokens,
+                progress=progress)
+        finally:
+            fit.stamp.attach_to(loaded)
+        seconds["cross_validation"] = time.perf_counter() - clock
     return DebiasResult(config=config, fit=fit, layer=layer, edited=setup.edit,
                         retention_trained=[r.id for r in setup.retention_trained],
                         before=before, after=after, trace=trace, layer_source=layer_source,
-                        seconds=seconds)
+                        cross_validation=cv, seconds=seconds)
 
 
 def write_debias_run(result: DebiasResult, out: str | Path, *, overwrite: bool = False) -> Path:

@@ -37,10 +37,12 @@ class EditSetup:
     eval_config: EvalConfig
 
     def context(self, loaded: Any, layer: int, *, seed: int, cache_dir: str | Path | None = None,
-                progress: bool | None = None) -> EditContext:
-        """What a method fits on: this setup's edit side, text and seed, at `layer`."""
+                progress: bool | None = None, items: list[BiasItem] | None = None
+                ) -> EditContext:
+        """What a method fits on: this setup's edit side (or `items`), text and seed, at
+        `layer`."""
         return EditContext(
-            loaded=loaded, items=self.edit,
+            loaded=loaded, items=self.edit if items is None else items,
             bias_types=self.eval_config.bias_types or sorted({i.bias_type for i in self.items}),
             layer=layer, retention_sentences=self.retention_sentences,
             generic_sentences=self.generic_sentences, generic_passages=self.generic_passages,

@@ -1,0 +1,113 @@
+"""Cross-validation by target: how well an edit carries over to groups it never saw.
+
+The items' targets are dealt into K folds, per bias type (every fold holds about 1/K of each bias
+type's targets). For each fold, a method is fitted on the items of the other folds' targets and
+the items of this fold's targets are scored; the edit is then taken off. Every target is held out
+exactly once, so the pooled held-out scores cover every item, and "before" is the original model
+on the same items. SS and LMS are pooled over all items with bootstrap CIs, overall and per bias
+type. The layer, training text and seed are the edit run's own; only the items change. Cost: K
+fits plus one scoring pass over the items per fold (docs/fast.md, "Cross-validation by target").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fairstamp.data.items import BiasItem
+from fairstamp.data.splits import target_key
+from fairstamp.errors import DataError, FairstampError
+from fairstamp.methods.base import Edit, EditContext
+from fairstamp.metrics.bias import language_modeling_score, sentences_to_score, stereotype_score
+from fairstamp.scoring import Scorer
+from fairstamp.utils.repro import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def target_folds(items: Sequence[BiasItem], k: int, *, seed: int = 0) -> list[int]:
+    """The fold (0..k-1) of each item: each bias type's targets, in a seeded hash order, dealt
+    round-robin, so a target's items stay together and the folds share every bias type."""
+    if k < 2:
+        raise FairstampError(f"cross-validation needs at least 2 folds, got {k}")
+    by_type: dict[str, list[tuple[str, str]]] = {}
+    for item in items:
+        key = target_key(item)
+        if key not in by_type.setdefault(item.bias_type, []):
+            by_type[item.bias_type].append(key)
+    fold_of: dict[tuple[str, str], int] = {}
+    for bias_type, keys in by_type.items():
+        if len(keys) < k:
+            raise DataError(f"{bias_type} has {len(keys)} targets, fewer than {k} folds; lower "
+                            f"--folds")
+        order = sorted(keys, key=lambda key: hashlib.sha256(
+            f"{seed}\x1f{key[0]}\x1f{key[1].casefold()}".encode()).hexdigest())
+        for position, key in enumerate(order):
+            fold_of[key] = position % k
+    return [fold_of[target_key(item)] for item in items]
+
+
+def cross_validate(
+    loaded: Any,
+    items: Sequence[BiasItem],
+    make_context: Callable[[list[BiasItem]], EditContext],
+    fit: Callable[[EditContext], Edit],
+    *,
+    folds: int,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    max_batch_tokens: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Fit `fit` K times (each fold's targets held out) on the model in `loaded`, which is left
+    as it was; returns the pooled held-out SS/LMS before and after, and each fold's record.
+    `make_context(edit_items)` gives the EditContext of a fold's edit side."""
+    items = list(items)
+    fold_of = target_folds(items, folds, seed=seed)
+    needed = sentences_to_score(items, paraphrases=False)
+    scorer = Scorer.from_loaded(loaded, max_batch_tokens=max_batch_tokens, progress=progress)
+    before = dict(zip(needed, scorer.score(needed, description="CV: original").mean.tolist()))
+    after: dict[str, float] = {}
+    records = []
+    for fold in range(folds):
+        edit_items = [it for it, f in zip(items, fold_of) if f != fold]
+        held = [it for it, f in zip(items, fold_of) if f == fold]
+        held_targets = sorted({f"{it.bias_type}:{it.target}" for it in held})
+        log.info("CV fold %d/%d: fitting on %d items, holding out %d items (%s)", fold + 1,
+                 folds, len(edit_items), len(held), ", ".join(held_targets))
+        clock = time.perf_counter()
+        seed_everything(seed)
+        edit = fit(make_context(edit_items))
+        try:
+            fit_seconds = time.perf_counter() - clock
+            sentences = sentences_to_score(held, paraphrases=False)
+            scored = Scorer.from_loaded(loaded, max_batch_tokens=max_batch_tokens,
+                                        progress=progress).score(
+                sentences, description=f"CV fold {fold + 1}: held-out")
+            after.update(zip(sentences, scored.mean.tolist()))
+        finally:
+            edit.restore(loaded)
+        fold_ss = stereotype_score(held, after, n_resamples=0, seed=seed).overall.value
+        records.append({"fold": fold, "held_out_targets": held_targets, "n_edit": len(edit_items),
+                        "n_held_out": len(held), "fit_seconds": round(fit_seconds, 2),
+                        "held_out_ss": fold_ss, "edit": edit.summary()})
+    return {
+        "folds": folds,
+        "n_items": len(items),
+        "reduction": "mean",
+        "before": _pooled(items, before, n_resamples, seed),
+        "after": _pooled(items, after, n_resamples, seed),
+        "per_fold": records,
+    }
+
+
+def _pooled(items: Sequence[BiasItem], scores: dict[str, float], n_resamples: int,
+            seed: int) -> dict[str, Any]:
+    out = {"ss": stereotype_score(items, scores, n_resamples=n_resamples, seed=seed).to_dict()}
+    if all(it.unrelated is not None for it in items):
+        out["lms"] = language_modeling_score(items, scores, n_resamples=n_resamples,
+                                             seed=seed).to_dict()
+    return out

@@ -1,0 +1,81 @@
+"""Cross-validation by target (`--folds K`): every target held out exactly once, the folds share
+every bias type, the model comes back unchanged, and the pooled "before" is the original's SS on
+the same items."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from fairstamp.data.stereoset import load_stereoset
+from fairstamp.errors import DataError, FairstampError
+from fairstamp.methods import get_method
+from fairstamp.runs.folds import cross_validate, target_folds
+from test_fast import run_cli, tiny
+from test_methods_finetune import FT_QUICK, context
+from test_stamp import logits
+
+
+@pytest.fixture(scope="module")
+def items():
+    return [*load_stereoset(bias_types=["gender"]), *load_stereoset(bias_types=["religion"])]
+
+
+def test_each_target_is_held_out_once_and_every_fold_has_every_bias_type(items):
+    folds = target_folds(items, 3, seed=0)
+    fold_of_target = {}
+    for item, fold in zip(items, folds):
+        assert fold_of_target.setdefault((item.bias_type, item.target), fold) == fold
+    per_type = Counter((bt, f) for (bt, _), f in fold_of_target.items())
+    assert {f for _, f in per_type} == {0, 1, 2}
+    assert {bt for bt, _ in per_type} == {"gender", "religion"}
+    assert all(per_type[("religion", f)] == 1 for f in range(3))  # 3 targets → one per fold
+    gender = [per_type[("gender", f)] for f in range(3)]
+    assert sorted(gender) == [3, 3, 4]  # 10 targets dealt round-robin
+    assert target_folds(items, 3, seed=0) == folds
+    assert target_folds(list(reversed(items)), 3, seed=0) == list(reversed(folds))
+    assert target_folds(items, 3, seed=1) != folds
+
+
+def test_too_few_targets_or_folds_are_refused(items):
+    with pytest.raises(DataError, match="religion has 3 targets, fewer than 4 folds"):
+        target_folds(items, 4)
+    with pytest.raises(FairstampError, match="at least 2 folds"):
+        target_folds(items, 1)
+
+
+def test_cross_validation_restores_the_model_and_pools_every_item(tiny_tokenizer):
+    items = load_stereoset(bias_types=["gender"], limit=60)
+    loaded = tiny(tiny_tokenizer)
+    original = logits(loaded.model)
+    cv = cross_validate(loaded, items, lambda edit: context(loaded, edit),
+                        get_method("ft", **FT_QUICK).fit, folds=2, n_resamples=10)
+    assert torch.equal(logits(loaded.model), original)
+    assert cv["before"]["ss"]["overall"]["n"] == cv["after"]["ss"]["overall"]["n"] == len(items)
+    held = [set(r["held_out_targets"]) for r in cv["per_fold"]]
+    assert not held[0] & held[1]
+    assert held[0] | held[1] == {f"gender:{i.target}" for i in items}
+    assert all(r["n_edit"] + r["n_held_out"] == len(items) for r in cv["per_fold"])
+    assert "lms" in cv["after"]
+
+
+def test_debias_with_folds_reports_cross_validated_held_out_ss(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["debias", "--model", tiny_model_dir, "--data-dir", SHARED_DATA,
+                    "--bias-types", "gender", "--limit", "60", "--layer", "1",
+                    "--suite", "stereoset", "--max-steps", "3", "--width", "8",
+                    "--bootstrap", "10", "--folds", "2", "--out", out]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    cv = metrics["cross_validation"]
+    assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
+    # "before" is the original model on every item: the first evaluation's SS, exactly.
+    assert cv["before"]["ss"]["overall"]["value"] == \
+        metrics["before"]["metrics"]["stereoset"]["ss"]["overall"]["value"]
+    report = (out / "report.md").read_text()
+    assert "## Cross-validation by target (2 folds)" in report
+    assert (out / "plots" / "cross_validated_ss.png").is_file()
+    assert "cross_validation" in metrics["timing"]
