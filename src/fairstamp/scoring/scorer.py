@@ -33,14 +33,13 @@ import torch
 from torch import nn
 
 from fairstamp.errors import FairstampError
+from fairstamp.scoring.batching import length_batches, logits_token_budget, pad_batch
+from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 Reduction = Literal["sum", "mean"]
-
-# Memory for the float32 logits of one batch; sets the default token budget per forward pass.
-_LOGITS_BUDGET_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -116,14 +115,10 @@ class Scorer:
         self.model = model
         self.arch = arch
         self.lower_cache = lower_cache
-        self._upper = None
-        if arch is not None:
-            from fairstamp.scoring.upper import UpperForward
-
-            self._upper = UpperForward(model, arch, 0)
+        self._upper = UpperForward(model, arch, 0) if arch is not None else None
         self.tokenizer = tokenizer
         vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
-        self.max_batch_tokens = max_batch_tokens or max(64, _LOGITS_BUDGET_BYTES // (4 * vocab))
+        self.max_batch_tokens = logits_token_budget(vocab, max_batch_tokens)
         self.max_batch_size = max_batch_size
         self.progress = progress
         self.prefix_token_id, self.prefix_kind = _prefix_token(tokenizer)
@@ -136,7 +131,7 @@ class Scorer:
     @classmethod
     def from_loaded(cls, loaded: Any, **kwargs: Any) -> Scorer:
         """A scorer for a `fairstamp.models.LoadedModel`."""
-        from transformers import PreTrainedModel
+        from transformers import PreTrainedModel  # heavy: only where a scorer is built this way
 
         if isinstance(loaded.model, PreTrainedModel):
             kwargs.setdefault("arch", loaded.arch)
@@ -315,8 +310,6 @@ class Scorer:
             ).logits
             picked = logits[rows, cols].float()
         else:
-            from fairstamp.scoring.upper import Batch
-
             batch = Batch(ids.to(device), mask.to(device), positions.to(device),
                           [len(row.ids) for row in packed])
             if self.lower_cache is not None:
@@ -346,8 +339,6 @@ class LowerLayerCache:
     once `max_bytes` are held."""
 
     def __init__(self, model: nn.Module, arch: Any, layer: int, *, max_bytes: int = 2 << 30):
-        from fairstamp.scoring.upper import UpperForward
-
         self.upper = UpperForward(model, arch, layer)
         self.layer, self.max_bytes = layer, max_bytes
         self.states: dict[tuple, torch.Tensor] = {}
@@ -549,42 +540,6 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     picked = logits[:, :-1].float()
     targets = input_ids[:, 1:].to(picked.device).unsqueeze(-1)
     return picked.gather(-1, targets).squeeze(-1) - torch.logsumexp(picked, dim=-1)
-
-
-def length_batches(lengths: Sequence[int], max_tokens: int,
-                   max_size: int | None = None) -> list[list[int]]:
-    """Indices grouped longest first, so that each group holds sequences of similar length (little
-    padding); a group's padded size fits `max_tokens` and it has at most `max_size` members (a
-    sequence longer than `max_tokens` goes alone). Every forward pass over a set of sequences
-    batches with this."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[current[0]] if current else lengths[i]
-        fits = (len(current) + 1) * width <= max_tokens
-        if current and (not fits or (max_size is not None and len(current) >= max_size)):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, position_ids), each [N, longest]: right-padded with explicit
-    positions, so neither the padding side nor the other sequences can change a result. The one
-    padding convention of fairstamp (scoring, tracing and stamp training)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    positions = torch.arange(width).unsqueeze(0).expand(len(sequences), width).contiguous()
-    return ids, mask, positions
 
 
 def _prefix_token(tokenizer: Any) -> tuple[int | None, str]:

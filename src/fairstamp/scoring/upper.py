@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from fairstamp.errors import FairstampError
-from fairstamp.models.archspec import ArchSpec, get_module, set_module
-from fairstamp.utils.hooks import StopForward, hidden_arg, hooks, replace_hidden_arg
+from fairstamp.models.archspec import ArchSpec
+from fairstamp.scoring.batching import pad_batch
+from fairstamp.utils.hooks import Capture, hidden_arg, hooks, replace_hidden_arg
+from fairstamp.utils.modules import get_module, set_module
 
 
 @dataclass
@@ -37,8 +39,6 @@ class Batch:
     @classmethod
     def of(cls, sequences: Sequence[Sequence[int]], pad_id: int,
            device: torch.device | None = None) -> Batch:
-        from fairstamp.scoring.scorer import pad_batch
-
         ids, mask, positions = pad_batch(sequences, pad_id)
         return cls(ids.to(device), mask.to(device), positions.to(device),
                    [len(s) for s in sequences])
@@ -139,34 +139,22 @@ class UpperForward:
 
     @torch.no_grad()
     def capture(self, batch: Batch) -> torch.Tensor:
-        """The hidden states entering layer `layer` (one full forward, stopped early)."""
-        captured: dict[str, torch.Tensor] = {}
-
-        def grab(module, args, kwargs):
-            captured["h"] = hidden_arg(args, kwargs).detach()
-            raise StopForward
-
-        try:
-            with hooks(self.model, forward=[self._shape_hook()],
-                       pre=[(self.arch.layer_path(self.layer), grab)]):
-                self._call(batch)
-        except StopForward:
-            pass
-        return captured["h"]
+        """The hidden states entering layer `layer` (one forward pass, stopped there)."""
+        path = self.arch.layer_path(self.layer)
+        with hooks(self.model, forward=[self._shape_hook()]), \
+                Capture(self.model, inputs=[path], stop=True) as seen:
+            self._call(batch)
+        return seen.inputs[path]
 
     def logits_and_states(self, batch: Batch, rows: torch.Tensor, cols: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [N, vocab] at (rows[i], cols[i]) by the full forward pass, and the hidden
         states entering layer `layer` on the way (what `capture` returns)."""
-        captured: dict[str, torch.Tensor] = {}
-
-        def grab(module, args, kwargs):
-            captured["h"] = hidden_arg(args, kwargs).detach().clone()
-
-        with hooks(self.model, forward=[self._shape_hook()],
-                   pre=[(self.arch.layer_path(self.layer), grab), self._select(rows, cols)]):
+        path = self.arch.layer_path(self.layer)
+        with hooks(self.model, forward=[self._shape_hook()], pre=[self._select(rows, cols)]), \
+                Capture(self.model, inputs=[path], clone=True) as seen:
             logits = self._call(batch).logits
-        return logits, captured["h"]
+        return logits, seen.inputs[path]
 
     def logits(self, batch: Batch, hidden: torch.Tensor | None, rows: torch.Tensor,
                cols: torch.Tensor) -> torch.Tensor:
