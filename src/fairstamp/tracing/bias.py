@@ -35,6 +35,7 @@ import torch
 
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
+from fairstamp.scoring.pairs import pair_gaps
 from fairstamp.scoring.scorer import Reduction, Scorer, next_token_logprobs
 from fairstamp.tracing.patching import (
     COMPONENTS,
@@ -46,6 +47,7 @@ from fairstamp.tracing.patching import (
     patch_activations,
     window_layers,
 )
+from fairstamp.utils.modules import get_module
 from fairstamp.utils.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -299,7 +301,7 @@ def gap_metric(group: TokenGroup, reduction: Reduction = "mean") -> Callable[[to
         scores = (logprobs.reshape(n, 2, width - 1) * valid.to(logprobs.device)).sum(-1)
         if reduction == "mean":
             scores = scores / (lengths.to(scores.device) - 1)
-        return scores[:, 0] - scores[:, 1]
+        return pair_gaps(scores.reshape(n * 2))
 
     return metric
 
@@ -374,8 +376,6 @@ def _mask(group: TokenGroup, corrupted: Sequence[Sequence[int]]) -> torch.Tensor
 
 
 def _hidden_size(model: Any, arch: Any) -> int:
-    from fairstamp.models.archspec import get_module
-
     embed = get_module(model, arch.embed)
     return int(getattr(embed, "embedding_dim", 0) or embed.weight.shape[1])
 

@@ -21,13 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fairstamp.models.archspec import ArchSpec, get_module
-from fairstamp.utils.hooks import first_tensor, hooks, replace_first
+from fairstamp.models.archspec import ArchSpec, check_layer, check_layers
+from fairstamp.scoring.batching import logits_token_budget, pad_batch
+from fairstamp.utils.hooks import Capture, first_tensor, hooks, replace_first
+from fairstamp.utils.modules import get_module
 
 COMPONENTS = ("mlp", "attn", "resid")
 
-# Memory for the float32 logits of one corrupted forward pass (sets how many runs share a batch).
-_LOGITS_BUDGET_BYTES = 256 * 2**20
+#: Memory for the float32 logits of one corrupted forward pass (sets how many runs share a
+#: batch); tracing's own figure, half the Scorer's (`scoring.batching.LOGITS_BUDGET_BYTES`).
+TRACE_LOGITS_BUDGET_BYTES = 256 * 2**20
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,8 +69,6 @@ class TokenGroup:
                        pad_token_id: int = 0) -> TokenGroup:
         if not sequences or any(len(s) == 0 for s in sequences):
             raise ValueError("a token group needs at least one non-empty sequence")
-        from fairstamp.scoring.scorer import pad_batch
-
         ids, mask, positions = pad_batch(sequences, pad_token_id)
         return cls(ids, mask, positions, tuple(len(s) for s in sequences))
 
@@ -124,8 +125,7 @@ def window_layers(layer: int, window: int, num_layers: int) -> tuple[int, ...]:
     clipped to the model's layers (as ROME does, so windows at the ends are shorter)."""
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
-    if not 0 <= layer < num_layers:
-        raise ValueError(f"layer {layer} out of range for a model with {num_layers} layers")
+    check_layer(layer, num_layers)
     start = layer - window // 2
     return tuple(range(max(0, start), min(num_layers, start + window)))
 
@@ -178,8 +178,7 @@ def _check(tokens: TokenGroup, corruption: Corruption, restorations: Sequence[Re
     for r in restorations:
         if len(r.positions) != tokens.size:
             raise ValueError(f"{r}: needs one tuple of positions per sequence ({tokens.size})")
-        if any(not 0 <= layer < num_layers for layer in r.layers):
-            raise ValueError(f"{r}: layer out of range (the model has {num_layers})")
+        check_layers(r.layers, num_layers)
         for g, positions in enumerate(r.positions):
             if any(not 0 <= p < tokens.lengths[g] for p in positions):
                 raise ValueError(f"{r}: position out of range for sequence {g} "
@@ -188,7 +187,7 @@ def _check(tokens: TokenGroup, corruption: Corruption, restorations: Sequence[Re
 
 def _runs_per_batch(tokens: TokenGroup, samples: int, vocab: int,
                     max_batch_tokens: int | None) -> int:
-    budget = max_batch_tokens or max(64, _LOGITS_BUDGET_BYTES // (4 * max(vocab, 1)))
+    budget = logits_token_budget(vocab, max_batch_tokens, budget_bytes=TRACE_LOGITS_BUDGET_BYTES)
     return max(1, budget // (samples * tokens.size * tokens.width))
 
 
@@ -218,16 +217,11 @@ def patch_activations(
                   position_ids=tokens.position_ids.to(device), use_cache=False)
 
     # 1. The clean run, caching the outputs of every restored component.
-    needed = sorted({(r.component, layer) for r in restorations for layer in r.layers})
-    clean_cache: dict[tuple[str, int], torch.Tensor] = {}
-
-    def cache(key: tuple[str, int]):
-        def hook(module, args, output):
-            clean_cache[key] = first_tensor(output).detach().reshape(G, T, -1).clone()
-        return hook
-
-    with hooks(model, forward=[(component_path(arch, c, i), cache((c, i))) for c, i in needed]):
+    restored = sorted({(r.component, layer) for r in restorations for layer in r.layers})
+    needed = {(c, i): component_path(arch, c, i) for c, i in restored}
+    with Capture(model, outputs=list(needed.values()), clone=True) as seen:
         logits = model(**inputs).logits
+    clean_cache = {key: seen.outputs[path].reshape(G, T, -1) for key, path in needed.items()}
     clean = float(metric(logits.reshape(1, G, T, -1))[0])
     del logits
 
