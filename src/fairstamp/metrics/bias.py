@@ -19,6 +19,7 @@ import numpy as np
 from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.errors import DataError
 from fairstamp.metrics.bootstrap import MetricValue, bootstrap, percent_true
+from fairstamp.scoring.pairs import pair_gaps, stereotyped
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,17 @@ def _percent_breakdown(
 # Stereotype scores
 
 
+def _pair_flags(pairs: Iterable[tuple[str, str, str]], scores: Mapping[str, float]
+                ) -> np.ndarray:
+    """Per (stereo, anti, item id) pair, whether score(stereo) > score(anti) (`stereotyped`)."""
+    rows = [_score(scores, text, item_id) for stereo, anti, item_id in pairs
+            for text in (stereo, anti)]
+    return stereotyped(pair_gaps(np.array(rows, dtype=np.float64)))
+
+
 def stereotype_flags(items: Sequence[BiasItem], scores: Mapping[str, float]) -> np.ndarray:
     """Per item, whether score(stereo) > score(anti); a tie is not stereotypical (as StereoSet)."""
-    return np.array([_score(scores, it.stereo, it.id) > _score(scores, it.anti, it.id)
-                     for it in items], dtype=bool)
+    return _pair_flags(((it.stereo, it.anti, it.id) for it in items), scores)
 
 
 def stereotype_score(
@@ -192,16 +200,12 @@ def paraphrase_stereotype_score(
     Each pair has the bias type of its item; items without paraphrases contribute nothing.
     """
     items = _nonempty(items, "PS")
-    flags: list[bool] = []
-    types: list[str] = []
-    for it in items:
-        for pair in it.paraphrases:
-            flags.append(_score(scores, pair.stereo, it.id) > _score(scores, pair.anti, it.id))
-            types.append(it.bias_type)
-    if not flags:
+    pairs = [(pair.stereo, pair.anti, it.id) for it in items for pair in it.paraphrases]
+    types = [it.bias_type for it in items for _ in it.paraphrases]
+    if not pairs:
         raise DataError(f"cannot compute PS: none of the {len(items)} items has paraphrases")
-    log.debug("PS over %d paraphrase pairs of %d items", len(flags), len(items))
-    return _percent_breakdown(np.array(flags, dtype=bool), types,
+    log.debug("PS over %d paraphrase pairs of %d items", len(pairs), len(items))
+    return _percent_breakdown(_pair_flags(pairs, scores), types,
                               n_resamples=n_resamples, seed=seed)
 
 

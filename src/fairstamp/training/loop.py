@@ -17,10 +17,10 @@ projection. Everything below is shared by both.
   bucket for the rest (the KL of that coarsened distribution, a lower bound of the full KL that
   equals it when the rest is negligible), which makes them small enough to hold for thousands
   of positions.
-- L_m (weight `keep_mean_weight`, γ, 1 by default; 0 is SPEC's loss): mean over the edited pairs of the distance
-  between the pair's mean score and the original model's (Huber: quadratic within `lm_smooth`
-  nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap, not the pair as a
-  whole.
+- L_m (weight `keep_mean_weight`, γ, 1 by default; 0 is SPEC's loss): mean over the edited pairs
+  of the distance between the pair's mean score and the original model's (Huber: quadratic
+  within `lm_smooth` nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap,
+  not the pair as a whole.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -60,8 +60,9 @@ import torch
 from fairstamp.data.items import BiasItem
 from fairstamp.data.training_text import framed_pairs, neutral_sentences
 from fairstamp.errors import FairstampError
-from fairstamp.scoring import Scorer
-from fairstamp.scoring.scorer import LowerLayerCache, length_batches
+from fairstamp.scoring.batching import length_batches
+from fairstamp.scoring.pairs import bias_loss, pair_gaps, pair_sums, stereotype_percent
+from fairstamp.scoring.scorer import LowerLayerCache, Scorer
 from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
 from fairstamp.utils.progress import progress_bar
 
@@ -530,11 +531,11 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
           pad, device, budget: int):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
-    l_e = (means[0::2] - means[1::2]).abs().mean()
+    l_e = bias_loss(pair_gaps(means))
     l_m = l_e.new_zeros(())
     if config.keep_mean_weight:
         original = pairs.original[sent_rows].to(device)
-        drift = ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])) / 2
+        drift = (pair_sums(means) - pair_sums(original)) / 2
         if config.lm_smooth > 0:  # Huber: quadratic within lm_smooth of the original
             l_m = torch.nn.functional.smooth_l1_loss(drift, torch.zeros_like(drift),
                                                      beta=config.lm_smooth)
@@ -581,9 +582,8 @@ def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]
     spans = checker.token_logprobs(ids, [1] * len(ids), description="SS check")
     if checker.lower_cache is not None:
         checker.lower_cache.replay()
-    means = np.array([span.mean for span in spans])
-    gap = means[0::2] - means[1::2]
-    return float(100.0 * np.mean(gap > 0)), float(np.mean(np.abs(gap)))
+    gaps = pair_gaps(np.array([span.mean for span in spans]))
+    return stereotype_percent(gaps), float(bias_loss(gaps))
 
 
 __all__ = ["SEEN_VOCAB_ABOVE", "TRAIN_VOCABS", "LoopSettings", "TrainRun", "Trainable",
