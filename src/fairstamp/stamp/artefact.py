@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
 from fairstamp import __version__
 from fairstamp.errors import FairstampError
-from fairstamp.models.archspec import ArchSpec
-from fairstamp.stamp.module import FairnessStamp, StampedMLP, attach
+from fairstamp.models.archspec import ArchSpec, check_layer
+from fairstamp.stamp.module import FairnessStamp, StampedMLP, attach, detach
 from fairstamp.utils.io import atomic_write_bytes, atomic_write_json, staging_dir
 from fairstamp.utils.repro import library_versions
 
@@ -131,8 +132,6 @@ class Stamp:
             config = StampConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
         except json.JSONDecodeError as exc:
             raise FairstampError(f"{config_path}: not valid JSON ({exc})") from None
-        from safetensors.torch import load_file
-
         tensors = load_file(str(weights_path))
         module = FairnessStamp(config.hidden, config.width, activation=config.activation,
                                reads=config.reads)
@@ -179,8 +178,6 @@ class Stamp:
         return attach(loaded.model, loaded.arch, self.layer, self.module)
 
     def detach_from(self, loaded: Any) -> None:
-        from fairstamp.stamp.module import detach
-
         detach(loaded.model, loaded.arch, self.module)
 
 
@@ -189,10 +186,7 @@ def new_stamp(loaded: Any, layer: int, *, width: int, activation: str = "gelu",
               training: dict[str, Any] | None = None) -> Stamp:
     """A zero-effect stamp for `loaded` at `layer` (not yet attached)."""
     arch: ArchSpec = loaded.arch
-    n = arch.num_layers(loaded.model)
-    if not 0 <= layer < n:
-        raise FairstampError(f"layer {layer} out of range: {loaded.name} has {n} layers "
-                             f"(0-{n - 1})")
+    check_layer(layer, arch.num_layers(loaded.model), loaded.name)
     hidden = int(loaded.model.config.hidden_size)
     generator = torch.Generator().manual_seed(seed)
     module = FairnessStamp(hidden, width, activation=activation, reads=reads,
@@ -206,8 +200,6 @@ def new_stamp(loaded: Any, layer: int, *, width: int, activation: str = "gelu",
 
 def write_stamp_files(folder: Path, stamp: Stamp) -> None:
     """stamp_config.json and stamp.safetensors into `folder` (each written atomically)."""
-    from safetensors.torch import save
-
     atomic_write_json(folder / CONFIG_NAME, stamp.config.to_dict())
     # One metadata key only: safetensors writes metadata in hash-map order, which varies between
     # runs, and identical stamps must give identical bytes (the version is in the config).

@@ -6,14 +6,14 @@ from typing import Any
 
 import torch
 
+from fairstamp.scoring.scorer import Scorer
+
 
 @torch.no_grad()
 def continue_text(loaded: Any, prompt: str, *, max_new_tokens: int = 30, sample: bool = False,
                   temperature: float = 0.8, seed: int = 0) -> str:
     """The model's continuation of `prompt` (the prompt itself not included). The prompt starts
     with the start-of-text token the Scorer uses, so generation sees what scoring sees."""
-    from fairstamp.scoring import Scorer
-
     scorer = Scorer.from_loaded(loaded)
     ids = torch.tensor([scorer.encode(prompt)], device=loaded.device)
     generator_state = torch.random.get_rng_state()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fairstamp.errors import FairstampError
-from fairstamp.models.archspec import ArchSpec, get_module, set_module
+from fairstamp.models.archspec import ArchSpec, check_layer, get_module, set_module
 from fairstamp.utils.hooks import first_tensor, hidden_arg, replace_first
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -96,9 +96,7 @@ def check_reads(arch: ArchSpec, reads: str) -> None:
 def attach(model: nn.Module, arch: ArchSpec, layer: int, stamp: FairnessStamp) -> StampedMLP:
     """Add `stamp` after layer `layer`'s MLP (wrapping the MLP on first use); the stamp moves to
     the MLP's device. Returns the wrapper."""
-    n = arch.num_layers(model)
-    if not 0 <= layer < n:
-        raise FairstampError(f"layer {layer} out of range: the model has {n} layers (0-{n - 1})")
+    check_layer(layer, arch.num_layers(model))
     check_reads(arch, stamp.reads)
     path = arch.mlp_path(layer)
     module = get_module(model, path)
