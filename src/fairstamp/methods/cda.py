@@ -48,7 +48,7 @@ from fairstamp.methods.base import (
     module_param_name,
     snapshot,
 )
-from fairstamp.models.archspec import get_module
+from fairstamp.models.archspec import get_module, is_conv1d, linear_weight
 from fairstamp.scoring import Scorer
 from fairstamp.scoring.upper import Batch, UpperForward
 from fairstamp.utils.hooks import hooks
@@ -150,11 +150,10 @@ class LoRA(nn.Module):
                  generator: torch.Generator) -> None:
         super().__init__()
         weight = module.weight
-        self.conv1d = type(module).__name__ == "Conv1D"  # GPT-2's [in, out] weight
+        self.conv1d = is_conv1d(module)  # GPT-2's [in, out] weight
         if weight.dim() != 2:
             raise FairstampError(f"LoRA needs a 2-d weight, not {tuple(weight.shape)}")
-        n_in, n_out = (weight.shape[0], weight.shape[1]) if self.conv1d else (weight.shape[1],
-                                                                              weight.shape[0])
+        n_out, n_in = linear_weight(module).shape
         bound = 1.0 / math.sqrt(n_in)  # nn.Linear's kaiming-uniform bound
         a = torch.empty(rank, n_in).uniform_(-bound, bound, generator=generator)
         self.A = nn.Parameter(a.to(device=weight.device, dtype=torch.float32))

@@ -16,7 +16,6 @@ atomically under a file lock; a cached file is reused without running the model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -25,11 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 
 from fairstamp.data.locations import WIKITEXT2_VALID, require
 from fairstamp.data.locations import data_root as find_data_root
 from fairstamp.errors import DataError, FairstampError
-from fairstamp.utils.hooks import StopForward, hidden_arg, hooks
+from fairstamp.models.archspec import check_layers
+from fairstamp.models.loader import cache_root
+from fairstamp.scoring.batching import pad_batch
+from fairstamp.scoring.scorer import Scorer
+from fairstamp.stamp.artefact import model_fingerprint
+from fairstamp.utils.hooks import Capture
 from fairstamp.utils.io import atomic_write_bytes, file_lock, sha256_file
 from fairstamp.utils.progress import progress_bar
 
@@ -49,9 +54,6 @@ def stats_path(folder: Path, layer: int, n_tokens: int) -> Path:
 
 def stats_folder(model: torch.nn.Module, cache_dir: str | Path | None = None) -> Path:
     """`<cache>/stats/<fingerprint[:16]>`: statistics belong to one set of weights."""
-    from fairstamp.models.loader import cache_root
-    from fairstamp.stamp.artefact import model_fingerprint
-
     return cache_root(cache_dir) / "stats" / model_fingerprint(model)[:16]
 
 
@@ -100,39 +102,29 @@ def second_moments(loaded: Any, layers: Sequence[int], chunks: Sequence[Sequence
                    batch_size: int = 8, progress: bool | None = None) -> dict[int, torch.Tensor]:
     """E[k kᵀ] (float64, per-token mean over every non-pad position) of the MLP output
     projection's inputs at each layer, in one pass over `chunks`."""
-    from fairstamp.scoring.scorer import Scorer, pad_batch
-
     model, arch = loaded.model, loaded.arch
-    layers = sorted(set(layers))
+    paths = {layer: arch.mlp_out_proj_path(layer) for layer in sorted(set(layers))}
     device = next(model.parameters()).device
     pad = Scorer.from_loaded(loaded).pad_token_id
     sums: dict[int, torch.Tensor] = {}
     count = 0
-    state: dict[str, torch.Tensor] = {}
-
-    def grab(layer: int):
-        def hook(module, args, kwargs):
-            x = hidden_arg(args, kwargs)
-            mask = state["mask"]
-            x = x.reshape(*mask.shape, x.shape[-1])[mask].double()
-            gram = x.T @ x
-            sums[layer] = gram if layer not in sums else sums[layer] + gram
-            if layer == layers[-1]:
-                raise StopForward
-        return hook
-
-    pre = [(arch.mlp_out_proj_path(layer), grab(layer)) for layer in layers]
     batches = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
-    with hooks(model, pre=pre), progress_bar(len(batches), "key statistics", progress) as step:
+    with progress_bar(len(batches), "key statistics", progress) as step:
         for batch in batches:
             ids, mask, positions = pad_batch(batch, pad)
-            state["mask"] = mask.bool().to(device)
-            with contextlib.suppress(StopForward):
+            tokens = mask.bool().to(device)
+            # The forward pass stops at the deepest layer's projection.
+            with Capture(model, inputs=list(paths.values()), stop=True) as seen:
                 model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       position_ids=positions.to(device), use_cache=False)
+            for layer, path in paths.items():
+                x = seen.inputs[path]
+                x = x.reshape(*tokens.shape, x.shape[-1])[tokens].double()
+                gram = x.T @ x
+                sums[layer] = gram if layer not in sums else sums[layer] + gram
             count += int(mask.sum())
             step()
-    return {layer: (sums[layer] / count).cpu() for layer in layers}
+    return {layer: (sums[layer] / count).cpu() for layer in paths}
 
 
 def mlp_key_second_moments(
@@ -146,14 +138,7 @@ def mlp_key_second_moments(
 ) -> dict[int, torch.Tensor]:
     """C = E[k kᵀ] (float32, as cached) of the MLP output projection's inputs at each layer,
     from the cache or measured for the missing layers in one pass (and then cached)."""
-    from safetensors.torch import load_file, save
-
-    from fairstamp.scoring.scorer import Scorer
-
-    num_layers = loaded.arch.num_layers(loaded.model)
-    for layer in layers:
-        if not 0 <= layer < num_layers:
-            raise FairstampError(f"layer {layer} is out of range for a {num_layers}-layer model")
+    check_layers(layers, loaded.arch.num_layers(loaded.model), loaded.name)
     folder = stats_folder(loaded.model, cache_dir)
     out: dict[int, torch.Tensor] = {}
     with file_lock(folder / ".lock"):

@@ -29,7 +29,7 @@ from fairstamp.methods.base import (
     module_param_name,
     snapshot,
 )
-from fairstamp.models.archspec import get_module
+from fairstamp.models.archspec import check_layer, get_module
 from fairstamp.training.loop import LoopSettings, Trainable, train_at_layer
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,7 @@ class FineTuneMethod(Method):
         config = replace(self.config, seed=context.seed)
         loaded, layer = context.loaded, context.layer
         model, arch = loaded.model, loaded.arch
-        n = arch.num_layers(model)
-        if not 0 <= layer < n:
-            raise FairstampError(f"layer {layer} out of range: the model has {n} layers "
-                                 f"(0-{n - 1})")
+        check_layer(layer, arch.num_layers(model), loaded.name)
         name = module_param_name(model, get_module(model, arch.mlp_out_proj_path(layer)))
         weight = dict(model.named_parameters())[name]
         originals = snapshot(model, [name])

@@ -31,7 +31,7 @@ from fairstamp.methods.rome import (
     solve,
     target_summary,
 )
-from fairstamp.models.archspec import get_module
+from fairstamp.models.archspec import check_layers, get_module
 from fairstamp.scoring.upper import UpperForward
 from fairstamp.utils.progress import progress_bar
 
@@ -58,7 +58,8 @@ class MemitConfig:
     max_items: int | None = None
 
 
-def edit_layers(spec: Any, layer: int, num_layers: int) -> list[int]:
+def edit_layers(spec: Any, layer: int, num_layers: int, model_name: str = "the model"
+                ) -> list[int]:
     """The layers to edit: `spec` ("16,17,18", or a list), else the `DEFAULT_SPAN` layers ending
     at `layer`."""
     if spec in (None, "", [], ()):
@@ -72,9 +73,7 @@ def edit_layers(spec: Any, layer: int, num_layers: int) -> list[int]:
                                  f"{spec!r}") from None
     if not layers:
         raise FairstampError("MEMIT needs at least one layer to edit")
-    bad = [x for x in layers if not 0 <= x < num_layers]
-    if bad:
-        raise FairstampError(f"layers {bad} are out of range for a {num_layers}-layer model")
+    check_layers(layers, num_layers, model_name)
     if len(set(layers)) != len(layers):
         raise FairstampError(f"layers {layers} repeat a layer")
     return sorted(layers)
@@ -92,7 +91,7 @@ class MemitMethod(Method):
         start = time.perf_counter()
         loaded = context.loaded
         model, arch = loaded.model, loaded.arch
-        layers = edit_layers(cfg.layers, context.layer, context.num_layers)
+        layers = edit_layers(cfg.layers, context.layer, context.num_layers, loaded.name)
         z_layer = layers[-1]
         items = choose_items(context.items, cfg.max_items, context.seed)
         requests = build_requests(loaded, items, cfg.framings)
@@ -126,10 +125,7 @@ class MemitMethod(Method):
             _, final = collect_at_subjects(loaded, requests, out_layer=z_layer)
             z_error.append(round(float((zs - final.double()).norm(dim=1).mean()), 6))
         except BaseException:
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, original in originals.items():
-                    params[name].copy_(original)
+            WeightEdit(self.name, model, originals).restore(loaded)
             raise
         info = {"layers": layers, "z_layer": z_layer, "items_edited": len(requests),
                 "item_ids": [r.item_id for r in requests],

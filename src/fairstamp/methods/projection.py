@@ -19,7 +19,6 @@ h to h − (h Vᵀ) V = h P, P = I − VᵀV. Nothing in the model's weights cha
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
@@ -37,7 +36,9 @@ from fairstamp.data.wikitext import wikitext_sentences as read_wikitext
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.methods.base import EditContext, HookEdit, Method
 from fairstamp.models.archspec import get_module
-from fairstamp.utils.hooks import StopForward, hooks
+from fairstamp.scoring.batching import pad_batch
+from fairstamp.scoring.scorer import Scorer
+from fairstamp.utils.hooks import Capture, hidden_arg, replace_hidden_arg
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -167,37 +168,26 @@ def sentence_representations(loaded: Any, texts: Sequence[str], *, batch_size: i
     """[N, hidden] float64: each text's final hidden state (the unembedding's input), mean-pooled
     over its own tokens. The text is read after the Scorer's start token (as it is scored) but
     that position is not pooled."""
-    from fairstamp.scoring import Scorer
-    from fairstamp.scoring.scorer import pad_batch
-
     scorer = Scorer.from_loaded(loaded)
     skip = 1 if scorer.prefix_token_id is not None else 0
     sequences = [scorer.encode(t) for t in texts]
     for text, seq in zip(texts, sequences):
         if len(seq) <= skip:
             raise FairstampError(f"{text!r} has no tokens")
-    model = loaded.model
+    model, unembed = loaded.model, loaded.arch.unembed
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
-
-    def capture(module: Any, args: tuple, kwargs: dict) -> None:
-        captured.append(args[0] if args else kwargs["input"])
-        raise StopForward
-
     out: list[torch.Tensor | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: (-len(sequences[i]), i))
-    with hooks(model, pre=[(loaded.arch.unembed, capture)]), \
-            progress_bar(len(texts), description, progress) as advance:
+    with progress_bar(len(texts), description, progress) as advance:
         for begin in range(0, len(order), batch_size):
             batch = order[begin : begin + batch_size]
             ids, mask, positions = pad_batch([sequences[i] for i in batch], scorer.pad_token_id)
-            captured.clear()
-            with contextlib.suppress(StopForward):
+            with Capture(model, inputs=[unembed], stop=True) as seen:
                 model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       position_ids=positions.to(device), use_cache=False)
-            if not captured:
-                raise FairstampError(f"the unembedding {loaded.arch.unembed!r} was not called")
-            hidden = captured[0].double().cpu()
+            if unembed not in seen.inputs:
+                raise FairstampError(f"the unembedding {unembed!r} was not called")
+            hidden = seen.inputs[unembed].double().cpu()
             for row, i in enumerate(batch):
                 out[i] = hidden[row, skip : len(sequences[i])].mean(dim=0)
             advance(len(batch))
@@ -380,11 +370,9 @@ def attach_projection(loaded: Any, directions: torch.Tensor) -> Any:
     v = directions.float().to(device)
 
     def project(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        h = args[0] if args else kwargs["input"]
+        h = hidden_arg(args, kwargs)
         projected = project_out(h.float(), v.to(h.device)).to(h.dtype)
-        if args:
-            return (projected, *args[1:]), kwargs
-        return args, {**kwargs, "input": projected}
+        return replace_hidden_arg(args, kwargs, projected)
 
     return module.register_forward_pre_hook(project, with_kwargs=True)
 

@@ -19,7 +19,6 @@ v*/z* optimisation, adding an update to a Linear or Conv1D weight) live here.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
@@ -37,9 +36,11 @@ from fairstamp.data.training_text import FRAMINGS
 from fairstamp.errors import FairstampError
 from fairstamp.methods.base import EditContext, Method, WeightEdit, module_param_name, snapshot
 from fairstamp.methods.covariance import DEFAULT_N_TOKENS, context_second_moments
-from fairstamp.models.archspec import get_module
+from fairstamp.models.archspec import check_layer, get_module, is_conv1d, linear_weight
+from fairstamp.scoring.pairs import bias_loss, pair_gaps
+from fairstamp.scoring.scorer import Scorer
 from fairstamp.scoring.upper import Batch, UpperForward
-from fairstamp.utils.hooks import StopForward, first_tensor, hidden_arg, hooks, replace_first
+from fairstamp.utils.hooks import Capture, first_tensor, hooks, replace_first
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,6 @@ def build_request(scorer: Any, item: BiasItem, framings: int) -> EditRequest:
 
 
 def build_requests(loaded: Any, items: Sequence[BiasItem], framings: int) -> list[EditRequest]:
-    from fairstamp.scoring.scorer import Scorer
-
     scorer = Scorer.from_loaded(loaded)
     requests = [build_request(scorer, item, framings) for item in items]
     fallbacks = sum(r.fallbacks for r in requests)
@@ -197,8 +196,6 @@ def collect_at_subjects(loaded: Any, requests: Sequence[EditRequest], *,
     """Per request, the mean over its sentence pairs (not the essence prompt) at the subject's
     last token of: the MLP output projection's input at each of `key_layers` ({layer: [n, d_in]}),
     and the output of decoder layer `out_layer` ([n, d] or None)."""
-    from fairstamp.scoring.scorer import Scorer
-
     model, arch = loaded.model, loaded.arch
     pad = Scorer.from_loaded(loaded).pad_token_id
     device = next(model.parameters()).device
@@ -206,37 +203,24 @@ def collect_at_subjects(loaded: Any, requests: Sequence[EditRequest], *,
     seqs = [s for req in requests for s in req.seqs[:-1]]
     cols = [c for req in requests for c in req.subject[:-1]]
     key_layers = sorted(set(key_layers))
-    deepest = max([*key_layers, -1 if out_layer is None else out_layer])
-    stop_in_out = out_layer is not None and out_layer >= deepest
+    key_paths = {layer: arch.mlp_out_proj_path(layer) for layer in key_layers}
+    out_path = None if out_layer is None else arch.layer_path(out_layer)
     got: dict[Any, list[torch.Tensor]] = {k: [] for k in [*key_layers, "out"]}
-    state: dict[str, Any] = {}
-
-    def take(x: torch.Tensor) -> torch.Tensor:
-        return _flat(x, state["batch"])[state["rows"], state["cols"]].detach().float()
-
-    def key_hook(layer: int):
-        def hook(module, args, kwargs):
-            got[layer].append(take(hidden_arg(args, kwargs)))
-            if layer == deepest and not stop_in_out:
-                raise StopForward
-        return hook
-
-    def out_hook(module, args, output):
-        got["out"].append(take(first_tensor(output)))
-        if stop_in_out:
-            raise StopForward
-
-    pre = [(arch.mlp_out_proj_path(layer), key_hook(layer)) for layer in key_layers]
-    forward = [] if out_layer is None else [(arch.layer_path(out_layer), out_hook)]
-    with hooks(model, forward=forward, pre=pre):
-        for start in range(0, len(seqs), chunk):
-            part = range(start, min(start + chunk, len(seqs)))
-            batch = Batch.of([seqs[i] for i in part], pad, device)
-            state.update(batch=batch, rows=torch.arange(len(part), device=device),
-                         cols=torch.tensor([cols[i] for i in part], device=device))
-            with contextlib.suppress(StopForward):
-                model(input_ids=batch.ids, attention_mask=batch.mask,
-                      position_ids=batch.positions, use_cache=False)
+    for start in range(0, len(seqs), chunk):
+        part = range(start, min(start + chunk, len(seqs)))
+        batch = Batch.of([seqs[i] for i in part], pad, device)
+        rows = torch.arange(len(part), device=device)
+        at = torch.tensor([cols[i] for i in part], device=device)
+        # The forward pass stops once the deepest of these has been read.
+        with Capture(model, inputs=list(key_paths.values()),
+                     outputs=[] if out_path is None else [out_path], stop=True) as seen:
+            model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
+                  use_cache=False)
+        read = {layer: seen.inputs[path] for layer, path in key_paths.items()}
+        if out_path is not None:
+            read["out"] = seen.outputs[out_path]
+        for name, x in read.items():
+            got[name].append(_flat(x, batch)[rows, at].float())
     index = torch.tensor(owner, device=device)
 
     def mean(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -281,8 +265,6 @@ def optimise_target(loaded: Any, upper: UpperForward, request: EditRequest, path
 
     `settings` has v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor and
     v_loss_stop."""
-    from fairstamp.scoring.scorer import Scorer
-
     if settings.v_num_grad_steps < 1:
         raise FairstampError("v_num_grad_steps must be at least 1")
     model = loaded.model
@@ -335,7 +317,7 @@ def optimise_target(loaded: Any, upper: UpperForward, request: EditRequest, path
             token = logprobs[:-1].gather(1, targets[varies.to(device)].unsqueeze(1)).squeeze(1)
             sums = fixed.index_add(0, var_rows[:-1], token)
             means = sums / counts
-            bias = (means[0::2] - means[1::2]).abs().mean()
+            bias = bias_loss(pair_gaps(means))
             essence = logprobs[-1:]
             if kl_init is None:
                 kl_init = essence.detach().clone()
@@ -369,19 +351,15 @@ def optimise_target(loaded: Any, upper: UpperForward, request: EditRequest, path
 
 def add_update(module: nn.Module, update: torch.Tensor) -> None:
     """Add `update` ([out, in], nn.Linear's orientation) to a Linear or Conv1D weight."""
-    weight = module.weight
-    if isinstance(module, nn.Linear):
-        oriented = update
-    elif type(module).__name__ == "Conv1D":  # transformers' GPT-2 style [in, out] weight
-        oriented = update.T
-    else:
+    if not (isinstance(module, nn.Linear) or is_conv1d(module)):
         raise FairstampError(f"cannot edit a {type(module).__name__}: ROME/MEMIT edit an "
                              f"nn.Linear or Conv1D MLP output projection")
-    if oriented.shape != weight.shape:
-        raise FairstampError(f"update of shape {tuple(update.shape)} does not fit the weight "
-                             f"{tuple(weight.shape)}")
     with torch.no_grad():
-        weight.add_(oriented.to(weight.device, weight.dtype))
+        weight = linear_weight(module)
+        if update.shape != weight.shape:
+            raise FairstampError(f"update of shape {tuple(update.shape)} does not fit the weight "
+                                 f"{tuple(weight.shape)} ([out, in])")
+        weight.add_(update.to(weight.device, weight.dtype))
 
 
 def solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -423,9 +401,7 @@ class RomeMethod(Method):
         start = time.perf_counter()
         loaded, layer = context.loaded, context.layer
         model, arch = loaded.model, loaded.arch
-        if not 0 <= layer < context.num_layers:
-            raise FairstampError(f"layer {layer} is out of range for a {context.num_layers}-layer "
-                                 f"model")
+        check_layer(layer, context.num_layers, loaded.name)
         items = choose_items(context.items, cfg.max_items, context.seed)
         requests = build_requests(loaded, items, cfg.framings)
         stats_start = time.perf_counter()
@@ -447,8 +423,7 @@ class RomeMethod(Method):
                     results.append(result)
                     advance(status=f"bias {result.bias_before:.3f} → {result.bias_after:.3f}")
         except BaseException:
-            with torch.no_grad():
-                dict(model.named_parameters())[name].copy_(originals[name])
+            WeightEdit(self.name, model, originals).restore(loaded)
             raise
         info = {"layer": layer, "module": path, "items_edited": len(requests),
                 "item_ids": [r.item_id for r in requests],

@@ -30,7 +30,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from fairstamp.errors import FairstampError
 from fairstamp.methods.base import EditContext, Method, WrapperEdit
-from fairstamp.scoring.scorer import max_positions
+from fairstamp.scoring.scorer import Scorer, max_positions
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,6 @@ class SelfDebiasMethod(Method):
                    "makes more likely (no weight changed)")
 
     def fit(self, context: EditContext) -> WrapperEdit:
-        from fairstamp.scoring import Scorer
-
         cfg: SelfDebiasConfig = self.config
         if cfg.decay_constant < 0 or not 0 <= cfg.epsilon <= 1:
             raise FairstampError("self_debias: decay_constant must be >= 0, epsilon in [0, 1]")
