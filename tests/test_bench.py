@@ -154,3 +154,17 @@ def test_bench_command_prints_the_table_and_writes_results(tiny_model_dir, tmp_p
     assert main([*args[:-2], "--option", "test_scale.nope=1", "--out", str(tmp_path / "b2")]) == 2
     assert "test_scale has no option 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "b2").exists()
+
+
+def test_bench_with_folds_adds_the_cross_validated_column(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    results = run_bench(config(tiny_model_dir, limit=60, folds=2, suite="stereoset"), out,
+                        isolate=False, progress=False)
+    rows = {row["method"]: row for row in results["rows"]}
+    original, scaled = rows["original"], rows["test_scale"]
+    # The original's row: every item scored by the unedited model, i.e. its own SS over all.
+    assert original["ss_held_out_cv"] == original["ss"]
+    assert scaled["ss_held_out_cv"] is not None
+    result = json.loads((out / "methods" / "test_scale" / "result.json").read_text())
+    assert len(result["cross_validation"]["per_fold"]) == 2
+    assert "| SS held-out (CV) |" in (out / "results.md").read_text()

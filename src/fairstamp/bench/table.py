@@ -31,7 +31,8 @@ BIAS_COLUMNS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
     ("perplexity", "PPL", ("general", "perplexity"), 2),
     ("known_kept", "known kept", ("general", "known_1000", "kept"), 1),
 )
-IDEAL = {"ss_edited": "50", "ps_edited": "50", "ss_held_out": "50", "ss": "50", "crows": "50",
+IDEAL = {"ss_edited": "50", "ps_edited": "50", "ss_held_out": "50", "ss_held_out_cv": "50",
+         "ss": "50", "crows": "50",
          "rs_unseen": "100", "ds": "↑", "lms": "↑", "icat": "↑", "perplexity": "↓",
          "known_kept": "100", "downstream": "↑"}
 
@@ -56,6 +57,9 @@ def row_of(name: str, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> 
     for key, _, path, _ in BIAS_COLUMNS:
         row[key] = _get(metrics, path)
     row["downstream"] = downstream_mean(metrics)
+    # --folds K: SS pooled over every target, each scored by the fit that never saw it.
+    row["ss_held_out_cv"] = _get(result.get("cross_validation") or {},
+                                 ("after", "ss", "overall"))
     row["fit_seconds"] = result.get("fit_seconds")
     row["peak_mib"] = result.get("peak_mib")
     row["parameters_changed"] = result.get("parameters_changed")
@@ -88,10 +92,21 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def _columns(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, tuple[str, ...], int], ...]:
+    """The bias columns, with the cross-validated held-out SS after "SS held-out" when a row
+    has it (a `--folds K` run)."""
+    if not any(row.get("ss_held_out_cv") is not None for row in rows):
+        return BIAS_COLUMNS
+    at = [key for key, *_ in BIAS_COLUMNS].index("ss_held_out") + 1
+    return (*BIAS_COLUMNS[:at], ("ss_held_out_cv", "SS held-out (CV)", (), 1),
+            *BIAS_COLUMNS[at:])
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["method", *(h for _, h, _, _ in BIAS_COLUMNS), "downstream", "fit s", "peak MiB",
+    columns = _columns(rows)
+    headers = ["method", *(h for _, h, _, _ in columns), "downstream", "fit s", "peak MiB",
                "params changed"]
-    ideal = ["ideal", *(IDEAL[k] for k, _, _, _ in BIAS_COLUMNS), IDEAL["downstream"], "", "",
+    ideal = ["ideal", *(IDEAL[k] for k, _, _, _ in columns), IDEAL["downstream"], "", "",
              ""]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
              "| " + " | ".join(ideal) + " |"]
@@ -101,7 +116,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 f"{row['status']}: {row.get('error', '')}"
             lines.append(f"| {row['method']} | {why} |" + " |" * (len(headers) - 2))
             continue
-        cells = [row["method"], *(_fmt(row[k], d) for k, _, _, d in BIAS_COLUMNS),
+        cells = [row["method"], *(_fmt(row[k], d) for k, _, _, d in columns),
                  _fmt(row["downstream"]), _fmt(row["fit_seconds"], 0), _fmt(row["peak_mib"], 0),
                  _fmt(row["parameters_changed"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -145,6 +160,9 @@ def print_results(results: Mapping[str, Any]) -> None:
                "known kept", "fit s", "params"]
     keys = ["ss_edited", "ps_edited", "ss_held_out", "rs_unseen", "lms", "perplexity",
             "known_kept", "fit_seconds", "parameters_changed"]
+    if any(row.get("ss_held_out_cv") is not None for row in results["rows"]):
+        headers.insert(4, "SS held-out (CV)")
+        keys.insert(3, "ss_held_out_cv")
     for header in headers:
         table.add_column(header, justify="left" if header == "method" else "right")
     for row in results["rows"]:
