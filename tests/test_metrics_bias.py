@@ -373,3 +373,24 @@ def test_read_predictions_refuses_malformed_files(tmp_path, content, message):
         read_predictions(path)
     with pytest.raises(DataError, match="no such file"):
         read_predictions(tmp_path / "missing.json")
+
+
+def test_stereotype_flags_through_pair_gaps_equal_the_direct_comparison():
+    """SS and PS count gap = score(stereo) − score(anti) > 0 (`scoring.pairs`): the same flags as
+    comparing the two scores, ties, infinities and neighbouring floats included."""
+    from fairstamp.metrics.bias import stereotype_flags
+
+    rng = np.random.default_rng(0)
+    values = [*np.round(rng.normal(size=60), 1), 0.0, -0.0, np.inf, -np.inf, -np.inf, 1e-320,
+              np.nextafter(-4.0, 0.0), -4.0]
+    specs = [(f"i{k}", "gender", f"t{k % 5}", float(values[k]), float(values[-1 - k]), 0.0,
+              ((float(values[(k + 1) % len(values)]), float(values[(k + 2) % len(values)])),))
+             for k in range(len(values))]
+    items, scores = build(*specs)
+    expected = np.array([scores[it.stereo] > scores[it.anti] for it in items], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        flags = stereotype_flags(items, scores)
+        ps = paraphrase_stereotype_score(items, scores, n_resamples=R)
+    assert flags.dtype == bool and np.array_equal(flags, expected)
+    pairs = [scores[p.stereo] > scores[p.anti] for it in items for p in it.paraphrases]
+    assert ps.overall.value == 100.0 * np.mean(pairs)

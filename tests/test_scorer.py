@@ -321,3 +321,81 @@ def test_packed_rows_score_as_one_row_per_input(arch, tiny_tokenizer):
     for i in (0, 1, 30, 31, 32, 33, 34):
         ref = reference_score(loaded.model, single.encode(sentences[i]))
         assert packed[0][i] == pytest.approx(ref.sum(), abs=1e-4)
+
+
+# -- pairs, the logits budget, the module layout -----------------------------------------------
+
+
+def test_pair_gaps_equal_the_hand_written_forms_they_replace(tiny_models, tiny_tokenizer):
+    """Bitwise: the training loss (torch, with gradients), the SS check (numpy), tracing's
+    [n, 2] metric and the metrics' score(stereo) > score(anti)."""
+    from fairstamp.scoring.pairs import (
+        bias_loss,
+        pair_gaps,
+        pair_sums,
+        stereotype_percent,
+        stereotyped,
+    )
+
+    scores = Scorer(tiny_models["llama"], tiny_tokenizer).score(SENTENCES[:40]).mean
+    gaps = pair_gaps(scores)
+    assert np.array_equal(gaps, scores[0::2] - scores[1::2])
+    assert stereotype_percent(gaps) == float(100.0 * np.mean(gaps > 0))
+    assert float(bias_loss(gaps)) == float(np.mean(np.abs(gaps)))
+    assert np.array_equal(stereotyped(gaps), np.array(
+        [s > a for s, a in zip(scores[0::2], scores[1::2])]))
+    means = torch.tensor(scores, dtype=torch.float32, requires_grad=True)
+    original = torch.tensor(scores[::-1].copy(), dtype=torch.float32)
+    l_e = bias_loss(pair_gaps(means))
+    assert torch.equal(l_e, (means[0::2] - means[1::2]).abs().mean())
+    assert torch.equal((pair_sums(means) - pair_sums(original)) / 2,
+                       ((means[0::2] + means[1::2]) - (original[0::2] + original[1::2])) / 2)
+    l_e.backward()
+    assert means.grad is not None and means.grad.abs().sum() > 0
+    grouped = torch.tensor(scores, dtype=torch.float64).reshape(-1, 2)  # tracing: [n, 2]
+    assert torch.equal(pair_gaps(grouped.reshape(-1)), grouped[:, 0] - grouped[:, 1])
+    # ties, infinities and the smallest differences: gap > 0 exactly when stereo > anti
+    tiny = np.nextafter(0.0, 1.0)
+    stereo = np.array([1.0, 1.0, -np.inf, np.inf, -np.inf, tiny, 0.0, -3.0, 2.0])
+    anti = np.array([1.0, 2.0, -np.inf, np.inf, -5.0, 0.0, tiny, np.nextafter(-3.0, 0), -np.inf])
+    rows = np.stack([stereo, anti], axis=1).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        assert np.array_equal(stereotyped(pair_gaps(rows)), stereo > anti)
+
+
+def test_logits_token_budget_is_the_scorers_and_tracings():
+    from fairstamp.scoring.batching import LOGITS_BUDGET_BYTES, logits_token_budget
+    from fairstamp.tracing.patching import TRACE_LOGITS_BUDGET_BYTES
+
+    assert LOGITS_BUDGET_BYTES == 512 * 2**20 and TRACE_LOGITS_BUDGET_BYTES == 256 * 2**20
+    assert logits_token_budget(49152) == 512 * 2**20 // (4 * 49152) == 2730
+    assert logits_token_budget(262144) == 512  # gemma-3's vocabulary
+    assert logits_token_budget(262144, budget_bytes=TRACE_LOGITS_BUDGET_BYTES) == 256
+    assert logits_token_budget(10**9) == 64  # never below 64
+    assert logits_token_budget(49152, 1000) == 1000  # an explicit budget wins
+    assert logits_token_budget(0) == 512 * 2**20 // 4  # no division by zero
+
+
+def test_scorer_uses_the_budget(tiny_models, tiny_tokenizer):
+    from fairstamp.scoring.batching import logits_token_budget
+
+    assert Scorer(tiny_models["llama"], tiny_tokenizer).max_batch_tokens == \
+        logits_token_budget(300) == 512 * 2**20 // (4 * 300)
+    assert Scorer(tiny_models["llama"], tiny_tokenizer, max_batch_tokens=77).max_batch_tokens == 77
+
+
+def test_scoring_modules_import_each_other_one_way():
+    """scorer -> upper -> batching, never back (no circle hidden in a function body)."""
+    import ast
+    import inspect
+
+    from fairstamp.scoring import batching, pairs, scorer, upper
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(inspect.getsource(module))
+        return {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert "fairstamp.scoring.scorer" not in imported(upper) | imported(batching)
+    assert not any(m.startswith("fairstamp") for m in imported(batching) | imported(pairs))
+    assert {"fairstamp.scoring.upper", "fairstamp.scoring.batching"} <= imported(scorer)
