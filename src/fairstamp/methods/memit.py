@@ -21,13 +21,12 @@ import torch
 
 from fairstamp.errors import FairstampError
 from fairstamp.methods.base import EditContext, Method, WeightEdit, module_param_name, snapshot
-from fairstamp.methods.covariance import DEFAULT_N_TOKENS, context_second_moments
+from fairstamp.methods.covariance import DEFAULT_N_TOKENS
 from fairstamp.methods.rome import (
     add_update,
-    build_requests,
-    choose_items,
     collect_at_subjects,
     optimise_target,
+    requests_and_statistics,
     solve,
     target_summary,
 )
@@ -93,11 +92,7 @@ class MemitMethod(Method):
         model, arch = loaded.model, loaded.arch
         layers = edit_layers(cfg.layers, context.layer, context.num_layers, loaded.name)
         z_layer = layers[-1]
-        items = choose_items(context.items, cfg.max_items, context.seed)
-        requests = build_requests(loaded, items, cfg.framings)
-        stats_start = time.perf_counter()
-        moments = context_second_moments(context, layers, cfg.n_tokens)
-        stats_seconds = time.perf_counter() - stats_start
+        requests, moments, stats_seconds = requests_and_statistics(context, cfg, layers)
         projs = {layer: get_module(model, arch.mlp_out_proj_path(layer)) for layer in layers}
         names = {layer: module_param_name(model, proj) for layer, proj in projs.items()}
         originals = snapshot(model, names.values())

@@ -162,6 +162,18 @@ def build_requests(loaded: Any, items: Sequence[BiasItem], framings: int) -> lis
     return requests
 
 
+def requests_and_statistics(context: EditContext, settings: Any, layers: Sequence[int]
+                            ) -> tuple[list[EditRequest], dict[int, torch.Tensor], float]:
+    """ROME's and MEMIT's inputs: the requests of the items to edit (`settings.max_items` of
+    them, `settings.framings` lead-ins), the key statistics of `layers` on
+    `settings.n_tokens` tokens, and the seconds those statistics took."""
+    items = choose_items(context.items, settings.max_items, context.seed)
+    requests = build_requests(context.loaded, items, settings.framings)
+    start = time.perf_counter()
+    moments = context_second_moments(context, layers, settings.n_tokens)
+    return requests, moments, time.perf_counter() - start
+
+
 def choose_items(items: Sequence[BiasItem], max_items: Any, seed: int) -> list[BiasItem]:
     """All items, or a seeded sample of `max_items` of them in their original order."""
     if not items:
@@ -402,11 +414,8 @@ class RomeMethod(Method):
         loaded, layer = context.loaded, context.layer
         model, arch = loaded.model, loaded.arch
         check_layer(layer, context.num_layers, loaded.name)
-        items = choose_items(context.items, cfg.max_items, context.seed)
-        requests = build_requests(loaded, items, cfg.framings)
-        stats_start = time.perf_counter()
-        second_moment = context_second_moments(context, [layer], cfg.n_tokens)[layer]
-        stats_seconds = time.perf_counter() - stats_start
+        requests, moments, stats_seconds = requests_and_statistics(context, cfg, [layer])
+        second_moment = moments[layer]
         path = arch.mlp_out_proj_path(layer)
         proj = get_module(model, path)
         name = module_param_name(model, proj)
@@ -450,5 +459,6 @@ def target_summary(results: Sequence[TargetResult]) -> dict[str, Any]:
 
 __all__ = ["EditRequest", "RomeConfig", "RomeMethod", "TargetResult", "add_update",
            "build_requests", "choose_items", "collect_at_subjects", "optimise_target",
-           "rank_one_update", "solve", "subject_token", "target_summary"]
+           "rank_one_update", "requests_and_statistics", "solve", "subject_token",
+           "target_summary"]
 
