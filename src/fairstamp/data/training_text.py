@@ -21,10 +21,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fairstamp.data.counterfactual import AttributeSwap, subject_pairs
 from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.data.locations import WIKITEXT2_VALID, data_root, require
 from fairstamp.data.retention import load_retention
 from fairstamp.data.wikitext import generic_passages, generic_sentences
+from fairstamp.errors import FairstampError
 
 #: Lead-ins put before an edited pair's sentences (never the rule paraphraser's framings).
 FRAMINGS = (
@@ -44,6 +46,13 @@ NEUTRAL_TEMPLATES = (
     "The article used the term {target} twice.",
 )
 
+#: Which sentence pairs the stamp equalises (`FitConfig.pairs`; docs/fast.md, "Which pairs the
+#: stamp equalises"): "attribute", the item's stereotype vs anti-stereotype sentence (same group);
+#: "subject", each of those sentences vs the same sentence about a counterfactual group
+#: (data/counterfactual.py); "both".
+PAIR_KINDS = ("attribute", "subject", "both")
+
+
 def framed_pairs(items: Sequence[BiasItem], n_framings: int) -> list[tuple[str, str, str]]:
     """(stereo, anti, item id) of each item as is, then behind its first `n_framings` framings."""
     if not 0 <= n_framings <= len(FRAMINGS):
@@ -52,6 +61,30 @@ def framed_pairs(items: Sequence[BiasItem], n_framings: int) -> list[tuple[str, 
     for framing in FRAMINGS[:n_framings]:
         out.extend((framing + i.stereo, framing + i.anti, i.id) for i in items)
     return out
+
+
+def training_pairs(items: Sequence[BiasItem], n_framings: int, kind: str = "attribute",
+                   swap: AttributeSwap | None = None, *, seed: int = 0
+                   ) -> tuple[list[tuple[str, str, str]], list[int]]:
+    """(pairs, trained): `pairs` begin with each item's own (stereo, anti) pair, in item order
+    (what the SS checks score), and `trained` lists the indices of the pairs training draws
+    from: the attribute pairs with their framings, the subject-swap pairs with theirs, or both."""
+    if kind not in PAIR_KINDS:
+        raise FairstampError(f"pairs must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+    attribute = framed_pairs(items, n_framings)
+    if kind == "attribute":
+        return attribute, list(range(len(attribute)))
+    plain = subject_pairs(items, swap, seed=seed)
+    if not plain:
+        raise FairstampError("no item has a subject-swap counterfactual (no group word or target "
+                             "to swap)")
+    subject = [*plain, *((framing + a, framing + b, item_id)
+                         for framing in FRAMINGS[:n_framings] for a, b, item_id in plain)]
+    if kind == "subject":
+        head = attribute[: len(items)]
+        return [*head, *subject], list(range(len(head), len(head) + len(subject)))
+    pairs = [*attribute, *subject]
+    return pairs, list(range(len(pairs)))
 
 
 def neutral_sentences(targets: Iterable[str]) -> list[str]:
