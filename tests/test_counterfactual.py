@@ -51,6 +51,7 @@ def test_training_pairs_keep_the_items_own_pairs_first_for_the_checks():
     assert subject[:10] == attribute[:10] and trained[0] == 10
     assert all(a != b for a, b, _ in subject[10:])
     both, trained = training_pairs(items, 1, "both", swap)
-    assert both[:20] == attribute and both[20:] == subject[10:] and trained == list(range(len(both)))
+    assert both[:20] == attribute and both[20:] == subject[10:]
+    assert trained == list(range(len(both)))
     with pytest.raises(FairstampError, match="pairs must be one of attribute, subject, both"):
         training_pairs(items, 1, "target")
