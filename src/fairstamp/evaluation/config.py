@@ -1,4 +1,8 @@
-"""What an evaluation run measures, on which data, with which seed: recorded in every run folder."""
+"""What an evaluation run measures, on which data, with which seed: recorded in every run folder.
+
+The one place that defines the suites, the sentence-score reductions and their default; the CLI
+and every other caller read them from here.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUITES = ("biascope", "stereoset", "crows", "general", "all")
+from fairstamp.errors import FairstampError
 
-# What each suite measures. "biascope" is SPEC §3's bias + knowledge trade-off.
-SUITE_PARTS = {
-    "biascope": ("stereoset", "paraphrase", "held_out", "retention"),
-    "stereoset": ("stereoset", "paraphrase"),
+# What each suite measures, in the order its sections appear in metrics.json; each name is a
+# registered suite part (`fairstamp.evaluation.registry`). "biascope" is SPEC §3's bias +
+# knowledge trade-off; "edited" reports SS/PS on a stamp's edited items when they are known.
+SUITE_PARTS: dict[str, tuple[str, ...]] = {
+    "biascope": ("stereoset", "paraphrase", "edited", "held_out", "retention"),
+    "stereoset": ("stereoset", "paraphrase", "edited"),
     "crows": ("crows",),
     "general": ("general",),
-    "all": ("stereoset", "paraphrase", "held_out", "retention", "crows", "general"),
+    "all": ("stereoset", "paraphrase", "edited", "held_out", "crows", "retention", "general"),
 }
+SUITES = tuple(SUITE_PARTS)
+
+#: How a sentence's token log-probabilities become its score: per-token mean or sum.
+REDUCTIONS = ("mean", "sum")
+DEFAULT_REDUCTION = "mean"
+
+
+def check_reduction(reduction: str, what: str = "reduction") -> str:
+    """`reduction` if it is one of REDUCTIONS; a FairstampError naming `what` otherwise."""
+    if reduction not in REDUCTIONS:
+        raise FairstampError(f"{what} must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
 
 
 @dataclass
@@ -26,7 +44,7 @@ class EvalConfig:
     suite: str = "biascope"
     bias_types: list[str] | None = None
     limit: int | None = None
-    reduction: str = "mean"
+    reduction: str = DEFAULT_REDUCTION
     seed: int = 0
     n_resamples: int = 1000
     held_out_fraction: float = 0.2
@@ -47,13 +65,14 @@ class EvalConfig:
     stamp: str | None = None  # the stamp folder attached during the evaluation, if any
 
     def __post_init__(self) -> None:
-        if self.suite not in SUITES:
-            raise ValueError(f"unknown suite {self.suite!r}; choose from {', '.join(SUITES)}")
-        if self.reduction not in ("mean", "sum"):
-            raise ValueError("reduction must be 'mean' or 'sum'")
+        if self.suite not in SUITE_PARTS:
+            raise FairstampError(f"unknown suite {self.suite!r}; choose from "
+                                 f"{', '.join(SUITE_PARTS)}")
+        check_reduction(self.reduction)
 
     @property
     def parts(self) -> tuple[str, ...]:
+        """The names of the suite's parts, in the order they run."""
         return SUITE_PARTS[self.suite]
 
     def to_dict(self) -> dict[str, Any]:
