@@ -6,9 +6,14 @@ re-plotted from a finished run folder without the model.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from fairstamp.utils.io import atomic_write_bytes
 
 _COLORS = {
     "gender": "#d62728",
@@ -20,6 +25,7 @@ _COLORS = {
 
 
 def _pyplot():
+    # matplotlib (heavy, and only for plots) loads on the first plot, not on import.
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -33,10 +39,6 @@ def _color(name: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
-    from fairstamp.utils.io import atomic_write_bytes
-
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
@@ -159,8 +161,6 @@ def layer_position_heatmap(effects: Sequence[Sequence[float | None]], tokens: Se
                            path: Path, *, title: str, corrupted: Sequence[int] = ()) -> Path:
     """Layer (y) × token position (x) heat-map of restoration effects; corrupted tokens are marked
     with `*`."""
-    import numpy as np
-
     plt = _pyplot()
     grid = np.array([[np.nan if v is None else v for v in row] for row in effects], dtype=float)
     n_layers, n_positions = grid.shape
