@@ -15,6 +15,11 @@ from fairstamp.cli.options import (
     ModelOpt,
     split_list,
 )
+from fairstamp.errors import FairstampError
+from fairstamp.evaluation.config import DEFAULT_REDUCTION, REDUCTIONS, SUITES, EvalConfig
+from fairstamp.evaluation.run_folder import write_run
+from fairstamp.metrics.stereoset_official import export_predictions
+from fairstamp.reporting.report import print_summary
 
 PathOpt = Optional[Path]  # noqa: UP045 - typer needs Optional on Python 3.10
 
@@ -22,14 +27,14 @@ PathOpt = Optional[Path]  # noqa: UP045 - typer needs Optional on Python 3.10
 def eval_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
     model: ModelOpt = DEFAULT,
-    suite: Annotated[str, typer.Option(help="biascope | stereoset | crows | general | all")]
-    = "biascope",
+    suite: Annotated[str, typer.Option(help=" | ".join(SUITES))] = "biascope",
     bias_types: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Comma-separated bias types, e.g. gender,race,religion (default: all).")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N items per bias set.")]  # noqa: UP045
     = None,
-    reduction: Annotated[str, typer.Option(help="Sentence score: per-token 'mean' or 'sum' of "
-                                           "log-probabilities.")] = "mean",
+    reduction: Annotated[str, typer.Option(help="Sentence score: per-token "
+                                           f"{' or '.join(map(repr, REDUCTIONS))} of "
+                                           "log-probabilities.")] = DEFAULT_REDUCTION,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the target split.")] = 0,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs.")]
     = 1000,
@@ -71,35 +76,28 @@ def eval_command(
     """Evaluate a model: bias (SS, PS, held-out SS, CrowS), knowledge about the same groups (DS,
     RS) and general ability (perplexity, known_1000, downstream accuracy), each overall and per bias
     type with bootstrap 95% CIs. Writes metrics.json, predictions.json, report.md and plots."""
-    from fairstamp.errors import FairstampError
-    from fairstamp.evaluation.config import EvalConfig
-    from fairstamp.evaluation.run_folder import write_run
+    # torch and the model loaders at call time, not when the CLI starts.
     from fairstamp.evaluation.suite import evaluate
     from fairstamp.models import load
-    from fairstamp.reporting.report import print_summary
+    from fairstamp.runs.debias import read_edited_ids
+    from fairstamp.stamp import Stamp
 
     for path in (out, export_stereoset_predictions):
         if path is not None and path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
-    try:
-        config = EvalConfig(
-            model=model, suite=suite, bias_types=split_list(bias_types), limit=limit,
-            reduction=reduction, seed=seed, n_resamples=bootstrap,
-            stereoset_file=_str(stereoset_file), crows_file=_str(crows_file),
-            bias_file=_str(bias_file), retention_file=_str(retention_file),
-            paraphrase_file=_str(paraphrase_file), rule_paraphrases=rule_paraphrases,
-            reference=_str(reference), data_dir=_str(data_dir),
-            general_limits=parse_limits(general_limits))
-    except ValueError as exc:
-        raise FairstampError(str(exc)) from None
+    config = EvalConfig(
+        model=model, suite=suite, bias_types=split_list(bias_types), limit=limit,
+        reduction=reduction, seed=seed, n_resamples=bootstrap,
+        stereoset_file=_str(stereoset_file), crows_file=_str(crows_file),
+        bias_file=_str(bias_file), retention_file=_str(retention_file),
+        paraphrase_file=_str(paraphrase_file), rule_paraphrases=rule_paraphrases,
+        reference=_str(reference), data_dir=_str(data_dir),
+        general_limits=parse_limits(general_limits))
     if export_stereoset_predictions is not None and "stereoset" not in config.parts:
         raise FairstampError(f"--export-stereoset-predictions needs a suite with StereoSet "
                              f"(not {suite!r})")
     loaded = load(model, cache_dir=cache_dir, device=device)
     if stamp is not None:
-        from fairstamp.runs.debias import read_edited_ids
-        from fairstamp.stamp import Stamp
-
         Stamp.from_pretrained(stamp, loaded)
         config.edited_ids, config.retention_trained_ids = read_edited_ids(stamp)
         config.stamp = str(stamp)
@@ -111,8 +109,6 @@ def eval_command(
                              "ids (a --bias-file has none)")
     write_run(evaluation, out, overwrite=overwrite)
     if export_stereoset_predictions is not None:
-        from fairstamp.metrics.stereoset_official import export_predictions
-
         export_predictions(items, evaluation.scores, export_stereoset_predictions)
         typer.echo(f"official-format predictions: {export_stereoset_predictions}", err=True)
     print_summary(evaluation.metrics)
@@ -121,8 +117,7 @@ def eval_command(
 
 def parse_limits(value: str | None) -> dict[str, int]:
     """`boolq=500,wikitext2=0` → {"boolq": 500, "wikitext2": 0}."""
-    from fairstamp.errors import FairstampError
-    from fairstamp.metrics.general import DEFAULT_LIMITS
+    from fairstamp.metrics.general import DEFAULT_LIMITS  # torch: not at CLI import time
 
     out: dict[str, int] = {}
     for part in split_list(value) or []:

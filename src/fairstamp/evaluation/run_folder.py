@@ -1,4 +1,5 @@
-"""Writing an evaluation's run folder: all of it or nothing (staged, then renamed into place).
+"""Writing an evaluation's run folder through the one run-folder writer
+(`fairstamp.reporting.run_folder`): all of it or nothing.
 
 Layout: metrics.json (every number + configuration, seed, versions, data checksums),
 predictions.json (per-item preferences for RS/known_1000 "kept" in later runs), report.md, plots/.
@@ -7,17 +8,16 @@ predictions.json (per-item preferences for RS/known_1000 "kept" in later runs), 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fairstamp.evaluation.suite import Evaluation
+from fairstamp.errors import DataError
 from fairstamp.reporting import plots as P
 from fairstamp.reporting.report import flat, markdown_report
-from fairstamp.utils.io import atomic_write_json, atomic_write_text, staging_dir
+from fairstamp.reporting.run_folder import METRICS, PLOTS, run_folder
 
-log = logging.getLogger(__name__)
-
+if TYPE_CHECKING:  # the Scorer (torch) behind `suite`; writing a folder needs neither
+    from fairstamp.evaluation.suite import Evaluation
 
 
 def make_plots(metrics: dict[str, Any], folder: Path) -> dict[str, str]:
@@ -31,35 +31,31 @@ def make_plots(metrics: dict[str, Any], folder: Path) -> dict[str, str]:
         P.bars_with_ideal({"SS": flat(stereoset["ss"])},
                           folder / "ss_by_bias_type.png",
                           title=f"Stereotype score by bias type — {name}", ylabel="SS (%)")
-        plots["SS per bias type"] = "plots/ss_by_bias_type.png"
+        plots["SS per bias type"] = f"{PLOTS}/ss_by_bias_type.png"
     if results.get("per_target"):
         P.per_target_scatter(results["per_target"], folder / "per_target_ss.png",
                              title=f"SS per StereoSet target — {name}")
-        plots["SS per target"] = "plots/per_target_ss.png"
+        plots["SS per target"] = f"{PLOTS}/per_target_ss.png"
     if stereoset and "lms" in stereoset:
         ss_macro, lms = flat(stereoset["ss_macro"]), flat(stereoset["lms"])
         points = {key: {"ss": ss_macro[key], "lms": lms[key]} for key in ss_macro}
         P.lms_vs_ss(points, folder / "lms_vs_ss.png", title=f"LMS vs SS (official) — {name}")
-        plots["LMS vs SS"] = "plots/lms_vs_ss.png"
+        plots["LMS vs SS"] = f"{PLOTS}/lms_vs_ss.png"
     return plots
 
 
 def write_run(evaluation: Evaluation, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the run folder atomically; an existing folder is refused unless `overwrite`."""
     out = Path(out)
-    with staging_dir(out, overwrite=overwrite) as stage:
-        atomic_write_json(stage / "metrics.json", evaluation.metrics)
-        atomic_write_json(stage / "predictions.json", evaluation.predictions)
-        plots = make_plots(evaluation.metrics, stage / "plots")
-        atomic_write_text(stage / "report.md", markdown_report(evaluation.metrics, plots))
-    log.info("wrote %s (metrics.json, predictions.json, report.md, %d plots)", out, len(plots))
+    with run_folder(out, overwrite=overwrite) as folder:
+        folder.evaluation("", evaluation.metrics, evaluation.predictions)
+        folder.report(evaluation.metrics, render=markdown_report, plots=make_plots)
     return out
 
 
 def read_metrics(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "metrics.json"
+    """metrics.json of a run folder (a DataError if it has none)."""
+    path = Path(folder) / METRICS
     if not path.is_file():
-        from fairstamp.errors import DataError
-
         raise DataError(f"{folder}: not a fairstamp run folder (no metrics.json)")
     return json.loads(path.read_text())
