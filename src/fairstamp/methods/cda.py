@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairstamp.data.attribute_words import ATTRIBUTE_WORDS, load_attribute_words
+from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
+from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.locations import WIKITEXT2_VALID
 from fairstamp.data.wikitext import clean_sentences
 from fairstamp.errors import DataError, FairstampError
@@ -57,64 +57,6 @@ from fairstamp.utils.progress import progress_bar
 log = logging.getLogger(__name__)
 
 # -- augmentation ------------------------------------------------------------------------------
-
-
-class AttributeSwap:
-    """Whole-word, case-preserving counterfactual swaps of attribute words (pairs and triples)."""
-
-    def __init__(self, tuples: Mapping[str, Sequence[Sequence[str]]]) -> None:
-        # word → (bias type, its tuple, its position); later listings overwrite earlier ones.
-        self.table: dict[str, tuple[str, tuple[str, ...], int]] = {}
-        for bias_type, group in tuples.items():
-            for words in group:
-                words = tuple(w.lower() for w in words)
-                if len(words) < 2:
-                    raise DataError(f"{bias_type}: an attribute tuple needs 2 or more words: "
-                                    f"{list(words)}")
-                for position, word in enumerate(words):
-                    self.table[word] = (bias_type, words, position)
-        if not self.table:
-            raise DataError("no attribute words to swap")
-        alternatives = "|".join(re.escape(w) for w in sorted(self.table, key=len, reverse=True))
-        self.pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
-
-    @classmethod
-    def from_file(cls, path: str | Path, bias_types: Sequence[str]) -> AttributeSwap:
-        return cls(load_attribute_words(path, bias_types, needed_by="CDA"))
-
-    def has_attribute(self, sentence: str) -> bool:
-        return self.pattern.search(sentence) is not None
-
-    def counterfactual(self, sentence: str, rng: random.Random) -> str | None:
-        """`sentence` with every attribute word swapped, or None when it has none. For tuples of
-        more than two words, one target position per (bias type, position) is drawn from `rng`
-        the first time a sentence needs it."""
-        choices: dict[tuple[str, int], int] = {}
-
-        def swap(match: re.Match) -> str:
-            found = match.group(0)
-            bias_type, words, position = self.table[found.lower()]
-            if len(words) == 2:
-                target = 1 - position
-            else:
-                key = (bias_type, position)
-                if key not in choices:
-                    choices[key] = rng.choice([i for i in range(len(words)) if i != position])
-                target = choices[key]
-            return _same_case(found, words[target])
-
-        swapped, n = self.pattern.subn(swap, sentence)
-        return swapped if n else None
-
-
-def _same_case(original: str, word: str) -> str:
-    """`word` in `original`'s case: ALL CAPS, Capitalised, or as listed (lower case)."""
-    letters = [c for c in original if c.isalpha()]
-    if len(letters) > 1 and all(c.isupper() for c in letters):
-        return word.upper()
-    if letters and letters[0].isupper():
-        return word[:1].upper() + word[1:]
-    return word
 
 
 def corpus_sentences(path: str | Path, *, min_words: int = 6, max_words: int = 40) -> list[str]:
