@@ -123,40 +123,20 @@ _LLAMA_LIKE = dict(
     unembed="lm_head",
 )
 
+_GPT2_LIKE = dict(
+    layers="transformer.h",
+    mlp="mlp",
+    mlp_out_proj="mlp.c_proj",
+    attn="attn",
+    embed="transformer.wte",
+    final_norm="transformer.ln_f",
+    unembed="lm_head",
+)
+
 ARCH_SPECS: tuple[ArchSpec, ...] = (
-    ArchSpec(
-        family="GPT-2",
-        model_types=("gpt2",),
-        layers="transformer.h",
-        mlp="mlp",
-        mlp_out_proj="mlp.c_proj",
-        attn="attn",
-        embed="transformer.wte",
-        final_norm="transformer.ln_f",
-        unembed="lm_head",
-    ),
-    ArchSpec(
-        family="GPT-Neo",
-        model_types=("gpt_neo",),
-        layers="transformer.h",
-        mlp="mlp",
-        mlp_out_proj="mlp.c_proj",
-        attn="attn",
-        embed="transformer.wte",
-        final_norm="transformer.ln_f",
-        unembed="lm_head",
-    ),
-    ArchSpec(
-        family="GPT-J",
-        model_types=("gptj",),
-        layers="transformer.h",
-        mlp="mlp",
-        mlp_out_proj="mlp.fc_out",
-        attn="attn",
-        embed="transformer.wte",
-        final_norm="transformer.ln_f",
-        unembed="lm_head",
-    ),
+    ArchSpec(family="GPT-2", model_types=("gpt2",), **_GPT2_LIKE),
+    ArchSpec(family="GPT-Neo", model_types=("gpt_neo",), **_GPT2_LIKE),
+    ArchSpec(family="GPT-J", model_types=("gptj",), **{**_GPT2_LIKE, "mlp_out_proj": "mlp.fc_out"}),
     ArchSpec(
         family="GPT-NeoX/Pythia",
         model_types=("gpt_neox",),
