@@ -55,3 +55,23 @@ def test_training_pairs_keep_the_items_own_pairs_first_for_the_checks():
     assert trained == list(range(len(both)))
     with pytest.raises(FairstampError, match="pairs must be one of attribute, subject, both"):
         training_pairs(items, 1, "target")
+
+
+def test_a_stamp_trains_on_subject_swap_pairs_and_checks_the_items_own(tiny_tokenizer):
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from test_fast import tiny
+
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    swap = group_swap(WORDS, ["gender"])
+    settings = dict(width=8, max_steps=4, check_every=2, batch_pairs=8, batch_kl=4, framings=1,
+                    lr=1e-2, min_steps=100)
+    for kind in ("subject", "both"):
+        loaded = tiny(tiny_tokenizer)
+        result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
+                           group_swap=swap, config=FitConfig(pairs=kind, **settings))
+        assert [h["step"] for h in result.history] == [2, 4]
+        assert result.stamp.config.training["pairs"] == kind
+    with pytest.raises(FairstampError, match="needs the group words"):
+        fit_stamp(tiny(tiny_tokenizer), items, 1, config=FitConfig(pairs="subject", **settings))
+    with pytest.raises(FairstampError, match="pairs must be one of"):
+        FitConfig(pairs="targets")

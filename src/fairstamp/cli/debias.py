@@ -66,6 +66,11 @@ def debias_command(
     balance_types: Annotated[bool, typer.Option(
         "--balance-types", help="Draw each step's pairs evenly across the bias types (else in "
         "proportion to their items; docs/fast.md).")] = FIT["balance_types"],
+    pairs: Annotated[str, typer.Option(
+        help="Which sentence pairs the stamp equalises: attribute (the item's stereotype vs "
+        "anti-stereotype sentence), subject (each of them vs the same sentence about a "
+        "counterfactual group of the same bias type) or both (docs/fast.md, Which pairs the "
+        "stamp equalises).")] = FIT["pairs"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -104,7 +109,7 @@ def debias_command(
                     keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
                     lr_final=lr_final, max_steps=max_steps, check_every=check_every,
                     batch_pairs=batch_pairs, balance_types=balance_types, framings=framings,
-                    train_vocab=train_vocab, seed=seed)
+                    train_vocab=train_vocab, pairs=pairs, seed=seed)
     config = DebiasConfig(
         model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
         n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,

@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fairstamp.data.counterfactual import AttributeSwap, subject_pairs
+from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
+from fairstamp.data.counterfactual import AttributeSwap, group_swap, subject_pairs
 from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.data.locations import WIKITEXT2_VALID, data_root, require
 from fairstamp.data.retention import load_retention
@@ -109,12 +111,14 @@ def split_retention(items: Sequence[RetentionItem], *, seed: int = 0
 @dataclass
 class TrainingText:
     """What the stamp's KL terms read: retention sentences (L_s1), generic sentences and passages
-    (L_s2), and the retention items the sentences came from."""
+    (L_s2), and the retention items the sentences came from; and the group words that make
+    subject-swap pairs (None without bias-bench's word list)."""
 
     retention_sentences: list[str]
     generic_sentences: list[str]
     generic_passages: list[str]
     retention_trained: list[RetentionItem]
+    group_swap: AttributeSwap | None = None
 
 
 def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
@@ -127,9 +131,14 @@ def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
     if bias_types:
         retention = [r for r in retention if r.bias_type in bias_types] or retention
     trained, _ = split_retention(retention, seed=seed)
-    path = require(data_root(data_dir), WIKITEXT2_VALID,
-                   "the stamp's generic text (WikiText-2 valid)")
+    root = data_root(data_dir)
+    path = require(root, WIKITEXT2_VALID, "the stamp's generic text (WikiText-2 valid)")
     passages = generic_passages(path, n_passages, words=passage_words, seed=seed) \
         if n_passages else []
+    words = Path(root) / ATTRIBUTE_WORDS
+    swap = None
+    if words.is_file():
+        types = list(bias_types or json.loads(words.read_text(encoding="utf-8")))
+        swap = group_swap(words, types) if set(types) & {"gender", "race", "religion"} else None
     return TrainingText([s for r in trained for s in (r.true, r.false)],
-                        generic_sentences(path, n_generic, seed=seed), passages, trained)
+                        generic_sentences(path, n_generic, seed=seed), passages, trained, swap)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
 from fairstamp.stamp.artefact import Stamp, new_stamp
@@ -46,13 +47,15 @@ def fit_stamp(
     generic_sentences: Sequence[str] = (),
     generic_passages: Sequence[str] = (),
     text: Any = None,
+    group_swap: AttributeSwap | None = None,
     config: FitConfig | None = None,
     progress: bool | None = None,
 ) -> FitResult:
     """Train one stamp at `layer` on `items` (batch editing); it stays attached to the model.
 
     The KL terms read `retention_sentences` (L_s1), `generic_sentences` and `generic_passages`
-    (L_s2), or all three from `text` (a `fairstamp.fast.data.TrainingText`).
+    (L_s2), or all three from `text` (a `fairstamp.data.training_text.TrainingText`, which also
+    brings `group_swap`, the group words of subject-swap pairs).
 
     Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
     must preserve: that is sequential editing by stacking.
@@ -62,6 +65,7 @@ def fit_stamp(
     if text is not None:
         retention_sentences, generic_sentences, generic_passages = (
             text.retention_sentences, text.generic_sentences, text.generic_passages)
+        group_swap = group_swap or text.group_swap
     holder: dict[str, Stamp] = {}
 
     def make() -> Trainable:
@@ -82,7 +86,7 @@ def fit_stamp(
 
     run = train_at_layer(loaded, items, layer, make, retention_sentences=retention_sentences,
                          generic_sentences=generic_sentences, generic_passages=generic_passages,
-                         config=config, progress=progress)
+                         config=config, group_swap=group_swap, progress=progress)
     stamp = holder["stamp"]
     stamp.module.eval()
     result = FitResult(stamp=stamp, **{f.name: getattr(run, f.name) for f in fields(TrainRun)})

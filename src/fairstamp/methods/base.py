@@ -57,6 +57,7 @@ class EditContext:
     cache_dir: Path | None = None  # where reusable statistics go (e.g. ROME's key covariance)
     seed: int = 0
     progress: bool | None = None
+    group_swap: Any = None  # data.counterfactual.AttributeSwap: the subject-swap pairs' words
 
     @property
     def num_layers(self) -> int:

@@ -55,6 +55,7 @@ class FastMethod(Method):
                            retention_sentences=context.retention_sentences,
                            generic_sentences=context.generic_sentences,
                            generic_passages=context.generic_passages,
+                           group_swap=context.group_swap,
                            config=replace(self.config, seed=context.seed),
                            progress=context.progress)
         return StampEdit(result.stamp, result.summary())

@@ -83,7 +83,7 @@ class FineTuneMethod(Method):
                              retention_sentences=context.retention_sentences,
                              generic_sentences=context.generic_sentences,
                              generic_passages=context.generic_passages, config=config,
-                             progress=context.progress)
+                             group_swap=context.group_swap, progress=context.progress)
         with torch.no_grad():
             delta = (weight.detach() - w0).abs().max().item()
         info: dict[str, Any] = {"layer": layer, "parameter": name, **asdict(config),

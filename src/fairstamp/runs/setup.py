@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fairstamp.data.bias_sets import load_bias_set
+from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.data.locations import data_root
 from fairstamp.data.splits import split_by_target
@@ -35,6 +36,7 @@ class EditSetup:
     retention_trained: list[RetentionItem]
     data_root: Path
     eval_config: EvalConfig
+    group_swap: AttributeSwap | None = None
 
     def context(self, loaded: Any, layer: int, *, seed: int, cache_dir: str | Path | None = None,
                 progress: bool | None = None, items: list[BiasItem] | None = None
@@ -47,7 +49,7 @@ class EditSetup:
             layer=layer, retention_sentences=self.retention_sentences,
             generic_sentences=self.generic_sentences, generic_passages=self.generic_passages,
             data_root=self.data_root, cache_dir=Path(cache_dir) if cache_dir else None,
-            seed=seed, progress=progress)
+            seed=seed, progress=progress, group_swap=self.group_swap)
 
 
 def prepare_edit(config: EditRunConfig) -> EditSetup:
@@ -79,4 +81,4 @@ def prepare_edit(config: EditRunConfig) -> EditSetup:
                      generic_sentences=text.generic_sentences,
                      generic_passages=text.generic_passages,
                      retention_trained=trained_retention, data_root=Path(root),
-                     eval_config=eval_config)
+                     eval_config=eval_config, group_swap=text.group_swap)

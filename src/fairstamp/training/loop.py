@@ -57,8 +57,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem
-from fairstamp.data.training_text import framed_pairs, neutral_sentences
+from fairstamp.data.training_text import PAIR_KINDS, neutral_sentences, training_pairs
 from fairstamp.errors import FairstampError
 from fairstamp.scoring.batching import length_batches
 from fairstamp.scoring.pairs import bias_loss, pair_gaps, pair_sums, stereotype_percent
@@ -104,6 +105,7 @@ class LoopSettings:
     keep_best: bool = True
     reuse_lower: bool = True
     train_vocab: str = "auto"  # "seen": the training text's tokens + the original's top-k
+    pairs: str = "attribute"  # which pairs L_e equalises: attribute | subject | both
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,6 +119,9 @@ class LoopSettings:
             raise FairstampError(f"loss weights must be >= 0: {', '.join(negative)}")
         if self.lm_smooth < 0:
             raise FairstampError(f"lm_smooth must be >= 0, got {self.lm_smooth}")
+        if self.pairs not in PAIR_KINDS:
+            raise FairstampError(f"pairs must be one of {', '.join(PAIR_KINDS)}, got "
+                                 f"{self.pairs!r}")
         if self.train_vocab not in TRAIN_VOCABS:
             raise FairstampError(f"train_vocab must be one of {', '.join(TRAIN_VOCABS)}, got "
                                  f"{self.train_vocab!r}")
@@ -204,6 +209,7 @@ def train_at_layer(
     generic_sentences: Sequence[str] = (),
     generic_passages: Sequence[str] = (),
     config: LoopSettings,
+    group_swap: AttributeSwap | None = None,
     progress: bool | None = None,
 ) -> TrainRun:
     """The one training loop of L = L_e + α·L_s1 + β·L_s2 + γ·L_m for an edit at `layer` (FAST's
@@ -214,10 +220,14 @@ def train_at_layer(
     selects the parameters and puts them on the model (it runs after the targets exist). The
     layers below `layer` must not depend on the parameters (their output is cached). On success
     the parameters hold the kept step's values and their `requires_grad` flags are as before; on
-    any error `undo` runs first.
+    any error `undo` runs first. `group_swap` makes the subject-swap pairs of `config.pairs`
+    "subject" and "both" (data/counterfactual.py).
     """
     if not items:
         raise FairstampError("no bias items to edit")
+    if config.pairs != "attribute" and group_swap is None:
+        raise FairstampError(f"pairs={config.pairs!r} needs the group words to swap (bias-bench's "
+                             "attribute words in the public data folder)")
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
@@ -225,7 +235,8 @@ def train_at_layer(
     upper = UpperForward(model, arch, layer)
     generator = torch.Generator().manual_seed(config.seed)
 
-    pairs = framed_pairs(items, config.framings)
+    pairs, trained = training_pairs(items, config.framings, config.pairs, group_swap,
+                                    seed=config.seed)
     pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
     n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
     group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
@@ -277,11 +288,11 @@ def train_at_layer(
         schedule = _cosine(optimizer, config.max_steps, config.lr_final)
         if config.balance_types:
             type_of = {item.id: item.bias_type for item in items}
-            types = [type_of[item_id] for *_, item_id in pairs]
-            pair_order = _Balanced([[k for k, t in enumerate(types) if t == b]
+            types = [type_of[pairs[k][2]] for k in trained]
+            pair_order = _Balanced([[trained[k] for k, t in enumerate(types) if t == b]
                                     for b in dict.fromkeys(types)], generator)
         else:
-            pair_order = _Cycler(len(pairs), generator)
+            pair_order = _Cycler(len(trained), generator, trained)
         for kl_set in kl_sets:
             kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
         check_every = config.check_interval(n_plain)
@@ -382,15 +393,17 @@ def _cosine(optimizer: torch.optim.Optimizer, steps: int,
 class _Cycler:
     """Indices in seeded random order, epoch after epoch."""
 
-    def __init__(self, n: int, generator: torch.Generator) -> None:
+    def __init__(self, n: int, generator: torch.Generator,
+                 values: Sequence[int] | None = None) -> None:
         self.n, self.generator, self.queue = n, generator, []
+        self.values = values  # what position i stands for (None: i itself)
 
     def take(self, k: int) -> list[int]:
         k = min(k, self.n)
         while len(self.queue) < k:
             self.queue.extend(torch.randperm(self.n, generator=self.generator).tolist())
         out, self.queue = self.queue[:k], self.queue[k:]
-        return out
+        return out if self.values is None else [self.values[i] for i in out]
 
 
 class _Balanced:
