@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from fairstamp.bench.folder import CONFIG_NAME, ORIGINAL, method_folder
 from fairstamp.methods import method_names
 from fairstamp.reporting.plots import tradeoff
@@ -155,6 +153,8 @@ def write_results(out: Path, config: Any) -> dict[str, Any]:
 
 
 def print_results(results: Mapping[str, Any]) -> None:
+    from rich.table import Table  # rich.style draws from `random` when imported
+
     table = Table(title=f"fairstamp bench: {results['model']}")
     headers = ["method", "SS edited", "PS edited", "SS held-out", "RS unseen", "LMS", "PPL",
                "known kept", "fit s", "params"]
