@@ -50,3 +50,28 @@ def test_an_edit_folder_without_a_loader_is_refused(tmp_path):
     (tmp_path / "edit.json").write_text(json.dumps({"method": "rome"}))
     with pytest.raises(FairstampError, match="names no loader"):
         Edit.load(tmp_path, None)
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("inlp", dict(n_iterations=2, max_sentences=30)),
+    ("self_debias", {}),
+])
+def test_hook_and_wrapper_edits_load_back(tiny_tokenizer, tmp_path, method, options):
+    from test_methods_projection import batch_logits as logits_and_mask
+    from test_methods_projection import context as projection_context
+
+    def batch_logits(loaded):
+        logits_, mask = logits_and_mask(loaded)
+        return logits_[mask]
+
+    fitted_on = tiny(tiny_tokenizer)
+    original = batch_logits(fitted_on)
+    edit = get_method(method, **options).fit(projection_context(fitted_on))
+    edited = batch_logits(fitted_on)
+    assert not torch.equal(edited, original)
+    edit.save(tmp_path / method)
+    fresh = tiny(tiny_tokenizer)
+    loaded_edit = Edit.load(tmp_path / method, fresh)
+    torch.testing.assert_close(batch_logits(fresh), edited, rtol=0, atol=1e-5)
+    loaded_edit.restore(fresh)
+    assert torch.equal(batch_logits(fresh), original)

@@ -358,9 +358,25 @@ class ProjectionEdit(HookEdit):
                          added=int(directions.numel()), info=info)
         self.directions = directions
 
+    loader = "fairstamp.methods.projection:ProjectionEdit"
+
     def projection(self) -> torch.Tensor:
         """P = I − VᵀV (float64, hidden × hidden)."""
         return projection_matrix(self.directions.double())
+
+    @classmethod
+    def from_saved(cls, folder: Any, loaded: Any, summary: dict[str, Any],
+                   tensors: dict[str, torch.Tensor]) -> ProjectionEdit:
+        """The saved directions' projection hooked onto `loaded` again."""
+        if "directions" not in tensors:
+            raise FairstampError(f"{folder}: the saved {summary.get('method')} edit has no "
+                                 "directions")
+        directions = tensors["directions"]
+        extra = {k: v for k, v in tensors.items() if k != "directions"}
+        info = {k: v for k, v in summary.items()
+                if k not in ("method", "parameters_changed", "loader")}
+        return cls(summary["method"], [attach_projection(loaded, directions)], directions, extra,
+                   info)
 
 
 def attach_projection(loaded: Any, directions: torch.Tensor) -> Any:

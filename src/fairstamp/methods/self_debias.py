@@ -237,4 +237,20 @@ class SelfDebiasMethod(Method):
                                        decay_constant=cfg.decay_constant, epsilon=cfg.epsilon)
         info = {"config": self.config_dict(), "prefixes": prefixes,
                 "prefix_tokens": [len(p) for p in prefix_ids], "bias_types": context.bias_types}
-        return WrapperEdit(self.name, original, info)
+        return SelfDebiasEdit(self.name, original, info)
+
+
+class SelfDebiasEdit(WrapperEdit):
+    """The Self-Debias wrapper; it has no tensors: loading wraps the model again with the saved
+    settings and prefixes."""
+
+    loader = "fairstamp.methods.self_debias:SelfDebiasEdit"
+
+    @classmethod
+    def from_saved(cls, folder: Any, loaded: Any, summary: dict[str, Any],
+                   tensors: dict[str, Any]) -> WrapperEdit:
+        config = SelfDebiasConfig(**{**summary["config"],
+                                     "prefixes": tuple(summary["prefixes"])})
+        context = EditContext(loaded=loaded, items=[], bias_types=list(summary["bias_types"]),
+                              layer=0)
+        return SelfDebiasMethod(config).fit(context)
