@@ -6,8 +6,10 @@ One loop (`train_at_layer`) trains any parameters that act at layer l under this
 projection. Everything below is shared by both.
 
 - L_e (bias): mean over the edited pairs of |score(stereo) − score(anti)|, each score the sentence's
-  per-token mean log-probability exactly as the Scorer computes it (so the batch SS watched for
-  early stopping is the SS that `eval` reports on these items).
+  per-token mean log-probability as the Scorer computes it. Training always uses the per-token
+  mean, the evaluation's default: the SS watched for early stopping is the SS that `eval` reports
+  with `--reduction mean`, not with `--reduction sum`. Which pairs: `pairs` (attribute swaps, the
+  default; subject swaps; or both; data/training_text.py).
 - L_s1 (knowledge of the same groups) and L_s2 (general text): KL(original ‖ stamped) of the
   next-token distributions at every position. Each step draws `batch_kl` short sentences (group
   sentences for L_s1 and generic sentences for L_s2, mixed) and `batch_passages` generic passages
