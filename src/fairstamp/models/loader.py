@@ -165,11 +165,10 @@ def _unknown_model_message(name: str, exc: Exception) -> str:
     )
 
 
-def peek_num_layers(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None,
-                    revision: str | None = None, trust_remote_code: bool = False) -> int:
-    """The number of transformer layers of a model, from its config alone (no weights read), so
-    that a layer option can be checked before any model work. An alias is converted first if it
-    is not cached yet (as `load` would)."""
+def _config(name_or_path: str, cache_dir, revision: str | None, trust_remote_code: bool
+            ) -> tuple[str, str, str, Any, dict[str, Any]]:
+    """(source kind, folder or hub id, display name, config, hub kwargs) of a model reference;
+    an unsupported family is refused here, before any weights are read."""
     from transformers import AutoConfig
 
     source, where, display = _resolve(name_or_path, cache_dir)
@@ -182,7 +181,16 @@ def peek_num_layers(name_or_path: str, *, cache_dir: str | os.PathLike[str] | No
         if source == "hub":
             raise ModelNotFoundError(_unknown_model_message(name_or_path, exc)) from exc
         raise ModelNotFoundError(f"{where}: cannot read config.json ({exc})") from exc
-    arch_spec_for_model_type(config.model_type)  # an unsupported family is refused here
+    arch_spec_for_model_type(config.model_type)
+    return source, where, display, config, hub_kwargs
+
+
+def peek_num_layers(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None,
+                    revision: str | None = None, trust_remote_code: bool = False) -> int:
+    """The number of transformer layers of a model, from its config alone (no weights read), so
+    that a layer option can be checked before any model work. An alias is converted first if it
+    is not cached yet (as `load` would)."""
+    _, _, display, config, _ = _config(name_or_path, cache_dir, revision, trust_remote_code)
     config = getattr(config, "text_config", None) or config
     layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(layers, int):
@@ -204,19 +212,10 @@ def load(
     The architecture is checked against the ArchSpec table before any weights are read. The model
     is returned in eval mode with every parameter frozen; methods unfreeze what they train.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, where, display = _resolve(name_or_path, cache_dir)
-    hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if revision is not None:
-        hub_kwargs["revision"] = revision
-    try:
-        config = AutoConfig.from_pretrained(where, **hub_kwargs)
-    except OSError as exc:
-        if source == "hub":
-            raise ModelNotFoundError(_unknown_model_message(name_or_path, exc)) from exc
-        raise ModelNotFoundError(f"{where}: cannot read config.json ({exc})") from exc
-    spec = arch_spec_for_model_type(config.model_type)
+    source, where, display, config, hub_kwargs = _config(name_or_path, cache_dir, revision,
+                                                          trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **hub_kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **hub_kwargs)

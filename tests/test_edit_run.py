@@ -1,0 +1,50 @@
+"""The edit run's settings: a layer out of range is refused from the model's config before any
+model work, with the model's layer range; each CLI default is the config's."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest
+
+from fairstamp.bench.runner import BenchConfig
+from fairstamp.cli import bench as bench_cli
+from fairstamp.cli import debias as debias_cli
+from fairstamp.fast.train import FitConfig
+from fairstamp.models.loader import peek_num_layers
+from fairstamp.runs.config import EditRunConfig, defaults
+from fairstamp.runs.debias import DebiasConfig
+from test_fast import run_cli
+
+
+def test_the_layer_count_comes_from_the_config_alone(tiny_model_dir):
+    assert peek_num_layers(str(tiny_model_dir)) == 3
+
+
+@pytest.mark.parametrize("command", ["debias", "bench"])
+def test_a_layer_out_of_range_is_refused_early(command, tiny_model_dir, tmp_path, capsys):
+    clock = time.perf_counter()
+    assert run_cli([command, "--model", tiny_model_dir, "--layer", "999",
+                    "--out", tmp_path / "x"]) == 2
+    assert time.perf_counter() - clock < 5
+    assert f"layer 999 is out of range: {tiny_model_dir} has 3 layers (0-2)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_defaults_are_the_configs():
+    run, fit = defaults(DebiasConfig), defaults(FitConfig)
+    params = {name: p.default for name, p in
+              inspect.signature(debias_cli.debias_command).parameters.items()}
+    for name in ("width", "lr", "max_steps", "retention_weight", "generic_weight",
+                 "keep_mean_weight", "train_vocab", "pairs"):
+        assert params[name] == fit[name], name
+    assert params["keep_mean_smooth"] == fit["lm_smooth"]
+    for name in ("layer", "layer_rule", "trace_items", "held_out_fraction", "folds", "seed"):
+        assert params[name] == run[name], name
+    assert params["bias_types"] == ",".join(run["bias_types"]) == "gender"
+    bench = inspect.signature(bench_cli.bench_command).parameters
+    assert bench["methods"].default.split(",") == defaults(BenchConfig)["methods"]
+    assert bench["layer_rule"].default == run["layer_rule"]
+    assert EditRunConfig(model="m").bias_types == ["gender"]
