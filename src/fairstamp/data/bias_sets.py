@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from fairstamp.data.bias_file import load_bias_file
+from fairstamp.data.crows import load_crows_pairs
 from fairstamp.data.items import BiasItem
+from fairstamp.data.stereoset import load_stereoset
+from fairstamp.data.validate import select
 
 
 def load_bias_set(data: str, bias_types: Sequence[str] | None = None,
                   limit: int | None = None) -> list[BiasItem]:
     """`stereoset` (StereoSet dev, built in) or a StereoSet `.json`; `crows` or a CrowS-Pairs
     `.csv`; otherwise a SPEC §2 bias JSONL file. Filtered to `bias_types`, first `limit` items."""
-    from fairstamp.data.bias_file import load_bias_file
-    from fairstamp.data.crows import load_crows_pairs
-    from fairstamp.data.stereoset import load_stereoset
-    from fairstamp.data.validate import select
 
     types = list(bias_types) if bias_types else None
     if data == "stereoset" or data.endswith(".json"):
