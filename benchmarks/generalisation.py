@@ -1,0 +1,116 @@
+"""Which FAST recipe generalises: each recipe cross-validated by target (runs/folds.py) on the
+same items, layer, text and seed, so that every target is scored by a stamp that never saw it.
+
+A recipe is a name and FitConfig overrides (`--recipe both=pairs=both`); every recipe runs with
+the quick start's training length (`--max-steps 60`) unless it says otherwise. The table: the
+pooled held-out SS and LMS before and after, per bias type, with CIs, and the fit time. A
+finished recipe (its JSON in the results folder) is not run again, so an interrupted run resumes.
+
+Usage: python benchmarks/generalisation.py [--model smollm2-135m] [--bias-types gender]
+           [--folds 5] [--recipe NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results]
+Writes benchmarks/results/generalisation-<model>-<bias types>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from fairstamp.methods import get_method
+from fairstamp.models import load
+from fairstamp.runs.config import EditRunConfig, choose_layer
+from fairstamp.runs.folds import cross_validate
+from fairstamp.runs.setup import prepare_edit
+from fairstamp.utils.io import atomic_write_json, atomic_write_text
+from fairstamp.utils.logs import setup_logging
+from fairstamp.utils.repro import library_versions
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_recipe(text: str) -> tuple[str, dict[str, str]]:
+    name, _, settings = text.partition("=")
+    options = dict(part.split("=", 1) for part in settings.split(",") if part)
+    return name, options
+
+
+def fmt(mv: dict | None) -> str:
+    return "–" if mv is None else f"{mv['value']:.1f} [{mv['ci_low']:.1f}, {mv['ci_high']:.1f}]"
+
+
+def table(model: str, bias_types: str, folds: int, rows: dict[str, dict]) -> str:
+    lines = [f"# Generalisation by recipe — {model}, StereoSet dev {bias_types}, {folds}-fold "
+             "cross-validation by target", "",
+             "Command: `python benchmarks/generalisation.py` (each recipe: one stamp per fold, "
+             "trained on the other folds' targets; every item scored by the stamp that never "
+             "saw its target; SS/LMS pooled over all items, 95% bootstrap CIs).", "",
+             "| recipe | settings | held-out SS before | held-out SS after | moved to 50 | "
+             "held-out LMS before | after | fit s (all folds) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        cv = r["cross_validation"]
+        b, a = cv["before"]["ss"]["overall"], cv["after"]["ss"]["overall"]
+        moved = (abs(b["value"] - 50) - abs(a["value"] - 50)) / max(abs(b["value"] - 50), 1e-9)
+        settings = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default"
+        fit_s = sum(f["fit_seconds"] for f in cv["per_fold"])
+        lines.append(f"| {name} | {settings} | {fmt(b)} | {fmt(a)} | {100 * moved:.0f}% | "
+                     f"{fmt(cv['before'].get('lms', {}).get('overall'))} | "
+                     f"{fmt(cv['after'].get('lms', {}).get('overall'))} | {fit_s:.0f} |")
+    types = sorted({t for r in rows.values()
+                    for t in r["cross_validation"]["after"]["ss"]["by_type"]})
+    if len(types) > 1:
+        lines += ["", "Per bias type (held-out SS after):", "",
+                  "| recipe | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+        for name, r in rows.items():
+            by = r["cross_validation"]["after"]["ss"]["by_type"]
+            lines.append(f"| {name} | " + " | ".join(fmt(by.get(t)) for t in types) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--bias-types", default="gender")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--max-steps", default="60")
+    parser.add_argument("--recipe", action="append", default=None,
+                        help="NAME=KEY=VALUE,... (FitConfig overrides); repeatable")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    setup_logging(logging.INFO, show_library_progress=False)
+    recipes = dict(parse_recipe(r) for r in (args.recipe or ["attribute=", "both=pairs=both"]))
+    slug = f"{args.model}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
+    cache = args.out / f"generalisation-{slug}"
+    config = EditRunConfig(model=args.model, bias_types=args.bias_types.split(","),
+                           folds=args.folds)
+    loaded = load(args.model)
+    setup = prepare_edit(config)
+    layer, _ = choose_layer(config, loaded.num_layers, loaded.name)
+    rows = {}
+    for name, options in recipes.items():
+        path = cache / f"{name}.json"
+        if path.is_file():
+            rows[name] = json.loads(path.read_text())
+            continue
+        options = {"max_steps": args.max_steps, **options}
+        clock = time.perf_counter()
+        cv = cross_validate(
+            loaded, setup.items,
+            lambda items: setup.context(loaded, layer, seed=config.seed, items=items),
+            get_method("fast", **options).fit, folds=args.folds, seed=config.seed,
+            n_resamples=config.n_resamples)
+        rows[name] = {"recipe": name, "options": options, "layer": layer,
+                      "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
+                      "versions": library_versions()}
+        atomic_write_json(path, rows[name])
+    atomic_write_json(args.out / f"generalisation-{slug}.json", rows)
+    text = table(args.model, args.bias_types, args.folds, rows)
+    atomic_write_text(args.out / f"generalisation-{slug}.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
