@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.run_folder import read_metrics
@@ -25,6 +24,8 @@ def compare(
 ) -> None:
     """Print (and with --out, plot and write) every metric of two runs side by side with the
     difference B − A."""
+    from rich.table import Table  # on use: importing rich draws from `random` (reporting.text)
+
     a, b = read_metrics(first), read_metrics(second)
     rows = compare_rows(a, b)
     if not rows:

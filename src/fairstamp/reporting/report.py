@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.table import Table
-
 from fairstamp.reporting.text import console
 
 # (section, metric key, label, ideal) in the order a reader wants them.
@@ -123,6 +121,8 @@ def _data_entry(name: str, entry: Mapping[str, Any]) -> str:
 
 def print_summary(results: Mapping[str, Any]) -> None:
     """A readable table at the end of a run (rich, on stdout)."""
+    from rich.table import Table  # on use: importing rich draws from `random` (text.py)
+
     metrics = results["metrics"]
     rows = metric_rows(metrics)
     out = console()

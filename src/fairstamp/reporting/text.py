@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-from rich.console import Console
-
 
 def pair_diff(first: str, second: str) -> str:
     """`The nurse said [she | he] was late.`: shared words once, the differing span bracketed."""
@@ -25,6 +23,10 @@ def pair_diff(first: str, second: str) -> str:
 
 def console(stderr: bool = False):
     """A rich Console; 160 columns wide when writing to a file or pipe (rich would use 80)."""
+    # rich on use, not on import: importing it draws from `random` (rich.style's link ids), and
+    # importing fairstamp must leave every RNG as it was.
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
     return Console(stderr=stderr, width=width)
