@@ -48,3 +48,23 @@ def test_cli_defaults_are_the_configs():
     assert bench["methods"].default.split(",") == defaults(BenchConfig)["methods"]
     assert bench["layer_rule"].default == run["layer_rule"]
     assert EditRunConfig(model="m").bias_types == ["gender"]
+
+
+def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_path):
+    import json
+
+    from conftest import SHARED_DATA
+
+    run = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--data-dir", SHARED_DATA, "--bootstrap", "10"]
+    assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "20", "--layer", "1",
+                    "--suite", "stereoset", "--max-steps", "2", "--width", "4",
+                    "--out", run]) == 0
+    out = tmp_path / "eval"
+    assert run_cli(["eval", *common, "--stamp", run, "--suite", "biascope", "--bias-types",
+                    "religion", "--limit", "20", "--out", out]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert "edited" not in metrics
+    assert metrics["held_out"]["every_item_unedited"] is True
+    assert metrics["held_out"]["n_items"] == 20
+    assert "every item is on a target it never saw" in (out / "report.md").read_text()

@@ -83,6 +83,15 @@ def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         + f". Values are % with bootstrap 95% CIs ({config['n_resamples']} resamples).",
         "",
     ]
+    held_out = metrics.get("held_out") or {}
+    if config.get("stamp"):
+        lines += [f"Evaluated with the stamp `{config['stamp']}` attached."
+                  + (" None of its edited items is in this bias set: every item is on a target "
+                     "it never saw (held-out SS covers all of them)."
+                     if held_out.get("every_item_unedited") else ""), ""]
+    if held_out:
+        lines += [f"Held-out SS: {held_out.get('n_items', held_out['ss']['overall']['n'])} items "
+                  f"on {held_out['n_targets']} targets no edit saw.", ""]
     rows = metric_rows(metrics)
     if rows:
         cols = _columns(rows)

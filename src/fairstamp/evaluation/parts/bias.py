@@ -9,6 +9,7 @@ the suite scores them once in that order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from fairstamp.data.bias_file import load_bias_file
@@ -18,9 +19,10 @@ from fairstamp.data.paraphrases import attach_paraphrases, load_paraphrase_file
 from fairstamp.data.splits import split_by_target
 from fairstamp.data.stereoset import default_stereoset_path, load_stereoset
 from fairstamp.data.validate import select
-from fairstamp.errors import DataError
 from fairstamp.evaluation.registry import SuiteContext, SuitePart, register_part
 from fairstamp.metrics import bias
+
+log = logging.getLogger(__name__)
 
 #: The item set's key in `SuiteContext.items` (and `Evaluation.items`).
 BIAS_ITEMS = "stereoset"
@@ -110,8 +112,10 @@ class EditedPart(BiasItemPart):
         if not edited_ids:
             return
         edited = [i for i in bias_items(context) if i.id in edited_ids]
-        if not edited:
-            raise DataError("none of the stamp's edited items is in the evaluated bias set")
+        if not edited:  # a stamp checked on other sentences: every item is held out
+            log.info("none of the stamp's %d edited items is in the evaluated bias set: every "
+                     "item counts as held-out", len(edited_ids))
+            return
         kw = context.bootstrap
         section = {"ss": bias.stereotype_score(edited, context.scores, **kw).to_dict(),
                    "n_items": len(edited), "n_edited_ids": len(edited_ids)}
@@ -140,4 +144,7 @@ class HeldOutPart(BiasItemPart):
                 "ss": bias.stereotype_score(held_out, context.scores,
                                             **context.bootstrap).to_dict(),
                 "n_targets": len({(i.bias_type, i.target) for i in held_out}),
+                "n_items": len(held_out),
             }
+            if edited_ids and len(held_out) == len(items):
+                context.metrics["held_out"]["every_item_unedited"] = True
