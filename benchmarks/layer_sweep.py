@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
              "RS unseen | steps | fit s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['layer']} | {r['retention_weight']:g} | {fmt(r['edited_ss'])} | "
+        lines.append(f"| {r['run']} | {r['layer']} | {r['retention_weight']:g} | "
+                     f"{fmt(r['edited_ss'])} | "
                      f"{fmt(r['ps'])} | {fmt(r['held_out_ss'])} | {fmt(r['lms'])} | "
                      f"{fmt(r['ds'])} | {fmt(r['rs'])} | {fmt(r['rs_unseen'])} | {r['steps']} "
                      f"({r['stopped']}) | {r['fit_seconds']:.0f} |")
