@@ -33,7 +33,7 @@ from fairstamp.bench.folder import CONFIG_NAME, ORIGINAL, is_done, method_folder
 from fairstamp.bench.table import write_results
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.suite import evaluate
-from fairstamp.methods import Edit, EditContext, Unedited, get_method, method_class
+from fairstamp.methods import Edit, EditContext, get_method, method_class
 from fairstamp.models import load
 from fairstamp.reporting.run_folder import run_folder
 from fairstamp.runs.config import EditRunConfig, check_given_layer, choose_layer, default
@@ -213,7 +213,7 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
         if edit is not None:
             edit.save(written.path)
             edit.restore(loaded)
-        if config.folds > 1:
+        if config.folds > 1 and edit is not None:  # the original's row: collect() fills it
             clock = time.perf_counter()
             result["cross_validation"] = _cross_validate(name, config, loaded, context, setup,
                                                          progress)
@@ -228,10 +228,9 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
 def _cross_validate(name: str, config: BenchConfig, loaded: Any, context: EditContext,
                     setup: EditSetup, progress: bool | None = None) -> dict[str, Any]:
     """`--folds K`: the method fitted K more times on the original model, each fold's targets
-    held out (runs/folds.py); the original's row gets the same items' "before"."""
+    held out (runs/folds.py)."""
+
     def fit(fold_context: EditContext) -> Edit:
-        if name == ORIGINAL:  # the original's row: the same items scored, nothing fitted
-            return Unedited()
         return get_method(name, **config.options.get(name, {})).fit(fold_context)
 
     return cross_validate(

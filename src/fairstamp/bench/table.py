@@ -66,19 +66,23 @@ def row_of(name: str, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> 
 
 
 def collect(out: Path, methods: list[str]) -> list[dict[str, Any]]:
-
     rows = []
+    cv_before = None  # --folds K: the original model on the same items, from any method's CV
     for name in [ORIGINAL, *methods]:
         folder = method_folder(out, name)
         if (folder / "metrics.json").is_file():
             metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
             result = json.loads((folder / "result.json").read_text())
             rows.append(row_of(name, metrics, result))
+            cv_before = cv_before if cv_before is not None else _get(
+                result.get("cross_validation") or {}, ("before", "ss", "overall"))
             continue
         failure = out / "failed" / f"{name}.json"
         error = json.loads(failure.read_text())["error"] if failure.is_file() else "not run"
         rows.append({"method": name, "status": "failed" if failure.is_file() else "not run",
                      "error": error})
+    if rows[0]["status"] == "done" and rows[0]["ss_held_out_cv"] is None:
+        rows[0]["ss_held_out_cv"] = cv_before
     return rows
 
 

@@ -19,7 +19,6 @@ from fairstamp.methods.base import (
     EditContext,
     HookEdit,
     Method,
-    Unedited,
     WeightEdit,
     WrapperEdit,
     snapshot,
@@ -65,5 +64,5 @@ def get_method(name: str, config: Any = None, **overrides: Any) -> Method:
     return method_class(name)(config, **overrides)
 
 
-__all__ = ["BUILTIN", "Edit", "EditContext", "HookEdit", "Method", "Unedited", "WeightEdit",
+__all__ = ["BUILTIN", "Edit", "EditContext", "HookEdit", "Method", "WeightEdit",
            "WrapperEdit", "get_method", "method_class", "method_names", "register", "snapshot"]

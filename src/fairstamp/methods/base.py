@@ -215,21 +215,6 @@ class HookEdit(Edit):
         return self._tensors
 
 
-class Unedited(Edit):
-    """No edit: the model as it is (the original's row of a bench run)."""
-
-    method = "original"
-
-    def __init__(self) -> None:
-        self.info = {}
-
-    def restore(self, loaded: Any) -> None:
-        """Nothing to take off."""
-
-    def parameters_changed(self) -> int:
-        return 0
-
-
 class WrapperEdit(Edit):
     """`loaded.model` replaced by a wrapper around it (decoding-time methods)."""
 
