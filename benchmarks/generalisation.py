@@ -82,7 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(logging.INFO, show_library_progress=False)
     recipes = dict(parse_recipe(r) for r in (args.recipe or ["attribute=", "both=pairs=both"]))
-    slug = f"{args.model}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
+    # A folder or hub id names the file by its last part ("EleutherAI/pythia-160m" → pythia-160m).
+    slug = f"{Path(args.model).name}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
     cache = args.out / f"generalisation-{slug}"
     config = EditRunConfig(model=args.model, bias_types=args.bias_types.split(","),
                            folds=args.folds)

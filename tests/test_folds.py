@@ -79,3 +79,26 @@ def test_debias_with_folds_reports_cross_validated_held_out_ss(tiny_model_dir, t
     assert "## Cross-validation by target (2 folds)" in report
     assert (out / "plots" / "cross_validated_ss.png").is_file()
     assert "cross_validation" in metrics["timing"]
+
+
+def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "generalisation.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--model", str(tiny_model_dir), "--folds", "2",
+         "--max-steps", "2", "--recipe", "attribute=width=8", "--recipe",
+         "both=pairs=both,width=8", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "FAIRSTAMP_DATA": str(SHARED_DATA)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    tables = list(tmp_path.glob("generalisation-*.md"))
+    assert len(tables) == 1
+    text = tables[0].read_text()
+    assert "| attribute | max_steps=2, width=8 |" in text and "| both |" in text
+    rows = json.loads(tables[0].with_suffix(".json").read_text())
+    assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
+        "before"]
