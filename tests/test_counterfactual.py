@@ -45,13 +45,13 @@ def test_a_held_out_target_never_appears_by_name_in_non_gender_pairs():
 def test_training_pairs_keep_the_items_own_pairs_first_for_the_checks():
     items = load_stereoset(bias_types=["gender"], limit=10)
     swap = group_swap(WORDS, ["gender"])
-    attribute, trained = training_pairs(items, 1, "attribute")
-    assert attribute == framed_pairs(items, 1) and trained == list(range(20))
-    subject, trained = training_pairs(items, 1, "subject", swap)
-    assert subject[:10] == attribute[:10] and trained[0] == 10
+    attribute, trained, first = training_pairs(items, 1, "attribute")
+    assert attribute == framed_pairs(items, 1) and trained == list(range(20)) and first == 20
+    subject, trained, first = training_pairs(items, 1, "subject", swap)
+    assert subject[:10] == attribute[:10] and trained[0] == 10 and first == 10
     assert all(a != b for a, b, _ in subject[10:])
-    both, trained = training_pairs(items, 1, "both", swap)
-    assert both[:20] == attribute and both[20:] == subject[10:]
+    both, trained, first = training_pairs(items, 1, "both", swap)
+    assert both[:20] == attribute and both[20:] == subject[10:] and first == 20
     assert trained == list(range(len(both)))
     with pytest.raises(FairstampError, match="pairs must be one of attribute, subject, both"):
         training_pairs(items, 1, "target")
@@ -75,3 +75,47 @@ def test_a_stamp_trains_on_subject_swap_pairs_and_checks_the_items_own(tiny_toke
         fit_stamp(tiny(tiny_tokenizer), items, 1, config=FitConfig(pairs="subject", **settings))
     with pytest.raises(FairstampError, match="pairs must be one of"):
         FitConfig(pairs="targets")
+    with pytest.raises(FairstampError, match="subject_score must be one of"):
+        FitConfig(subject_score="span")
+
+
+def test_subject_pairs_scored_on_their_common_suffix():
+    from fairstamp.training.loop import _suffix_starts
+
+    # Pair 0 is an attribute pair (whole sentences); pair 1 differs in its second token (the
+    # common suffix is its last two tokens); pair 2 differs in its last token (no suffix).
+    pair_ids = [([0, 5, 6, 7], [0, 5, 6, 8]), ([0, 1, 2, 3], [0, 9, 9, 2, 3]), ([0, 4], [0, 5])]
+    starts, trained = _suffix_starts(pair_ids, 1, [0, 1, 2])
+    assert starts == [1, 1, 2, 3, 1, 1] and trained == [0, 1]
+    # Identical sentences: every token after start-of-text is common suffix.
+    starts, _ = _suffix_starts([([0, 3, 4], [0, 3, 4])], 0, [0])
+    assert starts == [1, 1]
+
+
+def test_a_stamp_trains_on_subject_suffixes_and_the_scores_read_only_them(tiny_tokenizer):
+    import torch
+
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from fairstamp.scoring.scorer import Scorer
+    from fairstamp.scoring.upper import UpperForward
+    from fairstamp.training.loop import _scores, _Sentences
+    from test_fast import tiny
+
+    loaded = tiny(tiny_tokenizer)
+    scorer = Scorer.from_loaded(loaded, progress=False)
+    ids = [scorer.encode("The mother was caring."), scorer.encode("The father was caring.")]
+    upper = UpperForward(loaded.model, loaded.arch, 1)
+    with torch.no_grad():
+        whole = _scores(upper, _Sentences(ids), [0, 1], scorer.pad_token_id, "cpu", 10_000)
+        start = len(ids[0]) - 2  # the last two tokens only
+        tail = _scores(upper, _Sentences(ids, start=[start, start]), [0, 1],
+                       scorer.pad_token_id, "cpu", 10_000)
+        spans = scorer.token_logprobs(ids, [start, start])
+    assert not torch.allclose(whole, tail)
+    assert tail.tolist() == pytest.approx([s.mean for s in spans], abs=1e-5)
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    result = fit_stamp(tiny(tiny_tokenizer), items, 1, group_swap=group_swap(WORDS, ["gender"]),
+                       config=FitConfig(pairs="subject", subject_score="suffix", width=8,
+                                        max_steps=2, check_every=2, batch_pairs=8, batch_kl=4,
+                                        framings=1, min_steps=100))
+    assert result.stamp.config.training["subject_score"] == "suffix"

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
 from fairstamp.data.counterfactual import AttributeSwap, group_swap, subject_pairs
@@ -53,6 +54,12 @@ NEUTRAL_TEMPLATES = (
 #: "subject", each of those sentences vs the same sentence about a counterfactual group
 #: (data/counterfactual.py); "both".
 PAIR_KINDS = ("attribute", "subject", "both")
+#: What a subject-swap pair's gap reads (`LoopSettings.subject_score`): "sentence", each
+#: sentence's per-token mean log-probability (as SS scores sentences); "suffix", only the tokens
+#: after the swapped group words (the pair's common token suffix), so that the gap is how much
+#: likelier the rest of the sentence is after one group than after the other, not which group
+#: word is likelier in the first place.
+SUBJECT_SCORES = ("sentence", "suffix")
 
 
 def framed_pairs(items: Sequence[BiasItem], n_framings: int) -> list[tuple[str, str, str]]:
@@ -65,17 +72,25 @@ def framed_pairs(items: Sequence[BiasItem], n_framings: int) -> list[tuple[str, 
     return out
 
 
+class TrainingPairs(NamedTuple):
+    """`pairs` begin with each item's own (stereo, anti) pair, in item order (what the SS checks
+    score); `trained` lists the indices of the pairs training draws from; the pairs from index
+    `first_subject` on are subject swaps (`len(pairs)`: none)."""
+
+    pairs: list[tuple[str, str, str]]
+    trained: list[int]
+    first_subject: int
+
+
 def training_pairs(items: Sequence[BiasItem], n_framings: int, kind: str = "attribute",
-                   swap: AttributeSwap | None = None, *, seed: int = 0
-                   ) -> tuple[list[tuple[str, str, str]], list[int]]:
-    """(pairs, trained): `pairs` begin with each item's own (stereo, anti) pair, in item order
-    (what the SS checks score), and `trained` lists the indices of the pairs training draws
-    from: the attribute pairs with their framings, the subject-swap pairs with theirs, or both."""
+                   swap: AttributeSwap | None = None, *, seed: int = 0) -> TrainingPairs:
+    """The pairs training equalises: the attribute pairs with their framings, the subject-swap
+    pairs with theirs, or both (after the items' own pairs, which the SS checks score)."""
     if kind not in PAIR_KINDS:
         raise FairstampError(f"pairs must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
     attribute = framed_pairs(items, n_framings)
     if kind == "attribute":
-        return attribute, list(range(len(attribute)))
+        return TrainingPairs(attribute, list(range(len(attribute))), len(attribute))
     plain = subject_pairs(items, swap, seed=seed)
     if not plain:
         raise FairstampError("no item has a subject-swap counterfactual (no group word or target "
@@ -84,9 +99,10 @@ def training_pairs(items: Sequence[BiasItem], n_framings: int, kind: str = "attr
                          for framing in FRAMINGS[:n_framings] for a, b, item_id in plain)]
     if kind == "subject":
         head = attribute[: len(items)]
-        return [*head, *subject], list(range(len(head), len(head) + len(subject)))
+        return TrainingPairs([*head, *subject], list(range(len(head), len(head) + len(subject))),
+                             len(head))
     pairs = [*attribute, *subject]
-    return pairs, list(range(len(pairs)))
+    return TrainingPairs(pairs, list(range(len(pairs))), len(attribute))
 
 
 def neutral_sentences(targets: Iterable[str]) -> list[str]:

@@ -9,7 +9,9 @@ projection. Everything below is shared by both.
   per-token mean log-probability as the Scorer computes it. Training always uses the per-token
   mean, the evaluation's default: the SS watched for early stopping is the SS that `eval` reports
   with `--reduction mean`, not with `--reduction sum`. Which pairs: `pairs` (attribute swaps, the
-  default; subject swaps; or both; data/training_text.py).
+  default; subject swaps; or both; data/training_text.py). A subject-swap pair's gap reads the
+  whole sentences (`subject_score="sentence"`) or only the tokens after the swapped group words
+  ("suffix": the pair's common token suffix; pairs without one are not trained on).
 - L_s1 (knowledge of the same groups) and L_s2 (general text): KL(original ‖ stamped) of the
   next-token distributions at every position. Each step draws `batch_kl` short sentences (group
   sentences for L_s1 and generic sentences for L_s2, mixed) and `batch_passages` generic passages
@@ -61,7 +63,12 @@ import torch
 
 from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem
-from fairstamp.data.training_text import PAIR_KINDS, neutral_sentences, training_pairs
+from fairstamp.data.training_text import (
+    PAIR_KINDS,
+    SUBJECT_SCORES,
+    neutral_sentences,
+    training_pairs,
+)
 from fairstamp.errors import FairstampError
 from fairstamp.scoring.batching import length_batches
 from fairstamp.scoring.pairs import bias_loss, pair_gaps, pair_sums, stereotype_percent
@@ -108,6 +115,7 @@ class LoopSettings:
     reuse_lower: bool = True
     train_vocab: str = "auto"  # "seen": the training text's tokens + the original's top-k
     pairs: str = "attribute"  # which pairs L_e equalises: attribute | subject | both
+    subject_score: str = "sentence"  # what a subject pair's gap reads: sentence | suffix
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +132,9 @@ class LoopSettings:
         if self.pairs not in PAIR_KINDS:
             raise FairstampError(f"pairs must be one of {', '.join(PAIR_KINDS)}, got "
                                  f"{self.pairs!r}")
+        if self.subject_score not in SUBJECT_SCORES:
+            raise FairstampError(f"subject_score must be one of {', '.join(SUBJECT_SCORES)}, "
+                                 f"got {self.subject_score!r}")
         if self.train_vocab not in TRAIN_VOCABS:
             raise FairstampError(f"train_vocab must be one of {', '.join(TRAIN_VOCABS)}, got "
                                  f"{self.train_vocab!r}")
@@ -166,6 +177,7 @@ class _Sentences:
     ids: list[list[int]]
     hidden: list[torch.Tensor] | None = None
     original: torch.Tensor | None = None  # per sentence: the original model's score (L_m)
+    start: list[int] | None = None  # per sentence: its first scored token (None: 1, all)
 
 
 @dataclass
@@ -237,8 +249,8 @@ def train_at_layer(
     upper = UpperForward(model, arch, layer)
     generator = torch.Generator().manual_seed(config.seed)
 
-    pairs, trained = training_pairs(items, config.framings, config.pairs, group_swap,
-                                    seed=config.seed)
+    pairs, trained, first_subject = training_pairs(items, config.framings, config.pairs,
+                                                   group_swap, seed=config.seed)
     pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
     n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
     group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
@@ -246,6 +258,8 @@ def train_at_layer(
         if len(ids) < 2:
             raise FairstampError("a bias sentence has no tokens to score")
     pair_sents = _Sentences([s for p in pair_ids for s in p])  # 2i: stereo, 2i+1: anti
+    if config.subject_score == "suffix" and first_subject < len(pairs):
+        pair_sents.start, trained = _suffix_starts(pair_ids, first_subject, trained)
     short_texts = [*group_texts, *generic_sentences]
     kl_sets = [
         _KLSet(_Sentences([_kl_ids(scorer, t) for t in short_texts]), config.batch_kl,
@@ -357,6 +371,27 @@ def train_at_layer(
     log.info("%s trained: %d steps in %.1f s (%s)", trainable.what, result.steps, result.seconds,
              result.stopped)
     return result
+
+
+def _suffix_starts(pair_ids: Sequence[tuple[list[int], list[int]]], first_subject: int,
+                   trained: list[int]) -> tuple[list[int], list[int]]:
+    """Each sentence's first scored token: 1 for the pairs before `first_subject`, the start of
+    the pair's common token suffix for the subject-swap pairs after it; and the trained pairs
+    less the subject pairs without a common suffix (nothing after the swapped words)."""
+    starts, empty = [], set()
+    for k, (a, b) in enumerate(pair_ids):
+        common = 0
+        if k >= first_subject:
+            limit = min(len(a), len(b)) - 1  # never the start-of-text token
+            while common < limit and a[-1 - common] == b[-1 - common]:
+                common += 1
+            if not common:
+                empty.add(k)
+        starts += [len(a) - common, len(b) - common] if common else [1, 1]
+    if empty:
+        log.info("%d subject-swap pairs end with their group word and are not trained on "
+                 "(subject_score='suffix')", len(empty))
+    return starts, [k for k in trained if k not in empty]
 
 
 def _seen_vocabulary(upper: UpperForward, sets: Sequence[_Sentences], k: int, pad, device,
@@ -485,9 +520,14 @@ def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen: S
 def _scores(upper: UpperForward, sents: _Sentences, chosen: Sequence[int], pad, device,
             budget: int, max_size: int | None = None) -> torch.Tensor:
     """The chosen sentences' scores (per-token mean log-probability, as the Scorer's), in order."""
-    token, rows, _, _ = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad, device,
-                                        budget, max_size, full=False)
+    token, rows, _, order = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad, device,
+                                            budget, max_size, full=False)
     n = len(chosen)
+    if sents.start is not None:  # only the tokens from each sentence's start on
+        index = torch.cat([torch.arange(1, len(sents.ids[chosen[j]])) for j in order])
+        first = torch.tensor([sents.start[chosen[j]] for j in range(n)])
+        keep = (index >= first[rows.cpu()]).to(token.device)
+        token, rows = token[keep], rows[keep]
     sums = torch.zeros(n, dtype=token.dtype, device=token.device).index_add(0, rows, token)
     return sums / torch.bincount(rows, minlength=n).to(token.dtype)
 
