@@ -11,7 +11,7 @@ from fairstamp.cli.options import DEFAULT, CacheDirOpt, DeviceOpt, ModelOpt
 from fairstamp.models import load
 from fairstamp.reporting.text import console
 from fairstamp.stamp import Stamp, disabled
-from fairstamp.stamp.generation import continue_text
+from fairstamp.stamp.generation import DEFAULT_BATCH_SIZE, generate_batch
 
 
 def generate_command(
@@ -24,11 +24,14 @@ def generate_command(
                                          "instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature.")] = 0.8,
     seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together "
+                                            "(left-padded).")] = DEFAULT_BATCH_SIZE,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Continue each prompt with the model, and with the stamp attached when --stamp is given,
-    side by side. Greedy by default, so the difference is the stamp's alone."""
+    side by side. Greedy by default, so the difference is the stamp's alone. All prompts go
+    through the model in batches (the code path the transfer suite's BOLD part uses)."""
     from rich.table import Table  # rich.style draws from `random` when imported
 
     loaded = load(model, cache_dir=cache_dir, device=device)
@@ -40,12 +43,12 @@ def generate_command(
     if attached is not None:
         table.add_column(f"stamped (layer {attached.layer})")
     options = dict(max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
-                   seed=seed)
-    for prompt in prompts:
-        with disabled(loaded.model, loaded.arch):
-            row = [prompt, continue_text(loaded, prompt, **options)]
-        if attached is not None:
-            row.append(continue_text(loaded, prompt, **options))
+                   seed=seed, batch_size=batch_size)
+    with disabled(loaded.model, loaded.arch):
+        columns = [generate_batch(loaded, prompts, description="original model", **options)]
+    if attached is not None:
+        columns.append(generate_batch(loaded, prompts, description="stamped", **options))
+    for row in zip(prompts, *columns):
         table.add_row(*row)
     console().print(table)
 
