@@ -16,7 +16,14 @@ from fairstamp.cli.options import (
     split_list,
 )
 from fairstamp.errors import FairstampError
-from fairstamp.evaluation.config import DEFAULT_REDUCTION, REDUCTIONS, SUITES, EvalConfig
+from fairstamp.evaluation.config import (
+    BOLD_DECODINGS,
+    DEFAULT_REDUCTION,
+    REDUCTIONS,
+    SUITES,
+    TRANSFER_LIMITS,
+    EvalConfig,
+)
 from fairstamp.evaluation.run_folder import write_run
 from fairstamp.metrics.stereoset_official import export_predictions
 from fairstamp.reporting.report import print_summary
@@ -62,6 +69,16 @@ def eval_command(
         help="Subset sizes of the general suite, e.g. wikitext2=65536,boolq=500 (tokens for "
         "wikitext2, first N items otherwise; 0 = all). Defaults: fairstamp.metrics.general.")]
     = None,
+    transfer_limits: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Subset sizes of the transfer suite, e.g. bbq=100,bold=20 (0 = all): BBQ items "
+        "per category and context condition, WinoBias lines per test file, BOLD prompts per "
+        "group. Defaults: " + ",".join(f"{k}={v}" for k, v in TRANSFER_LIMITS.items()) + ".")]
+    = None,
+    bold_decoding: Annotated[str, typer.Option(
+        help=f"BOLD continuations: {' or '.join(BOLD_DECODINGS)} (sampled with --seed).")]
+    = "sample",
+    bold_max_new_tokens: Annotated[int, typer.Option(
+        min=1, help="Tokens generated per BOLD prompt.")] = 20,
     export_stereoset_predictions: Annotated[PathOpt, typer.Option(
         help="Also write StereoSet predictions in the official format to this file.")] = None,
     stamp: Annotated[PathOpt, typer.Option(
@@ -74,7 +91,8 @@ def eval_command(
     device: DeviceOpt = None,
 ) -> None:
     """Evaluate a model: bias (SS, PS, held-out SS, CrowS), knowledge about the same groups (DS,
-    RS) and general ability (perplexity, known_1000, downstream accuracy), each overall and per bias
+    RS), general ability (perplexity, known_1000, downstream accuracy) and bias on benchmarks no
+    edit saw (--suite transfer: BBQ, WinoBias, BOLD generations), each overall and per bias
     type with bootstrap 95% CIs. Writes metrics.json, predictions.json, report.md and plots."""
     # torch and the model loaders at call time, not when the CLI starts.
     from fairstamp.evaluation.suite import evaluate
@@ -92,7 +110,9 @@ def eval_command(
         bias_file=_str(bias_file), retention_file=_str(retention_file),
         paraphrase_file=_str(paraphrase_file), rule_paraphrases=rule_paraphrases,
         reference=_str(reference), data_dir=_str(data_dir),
-        general_limits=parse_limits(general_limits))
+        general_limits=parse_limits(general_limits),
+        transfer_limits=parse_transfer_limits(transfer_limits), bold_decoding=bold_decoding,
+        bold_max_new_tokens=bold_max_new_tokens)
     if export_stereoset_predictions is not None and "stereoset" not in config.parts:
         raise FairstampError(f"--export-stereoset-predictions needs a suite with StereoSet "
                              f"(not {suite!r})")
@@ -125,6 +145,18 @@ def parse_limits(value: str | None) -> dict[str, int]:
         if name not in DEFAULT_LIMITS or not number.isdigit():
             raise FairstampError(f"--general-limits: expected NAME=N with NAME in "
                                  f"{', '.join(DEFAULT_LIMITS)}, got {part!r}")
+        out[name] = int(number)
+    return out
+
+
+def parse_transfer_limits(value: str | None) -> dict[str, int]:
+    """`bbq=100,bold=0` → {"bbq": 100, "bold": 0} (--transfer-limits)."""
+    out: dict[str, int] = {}
+    for part in split_list(value) or []:
+        name, _, number = part.partition("=")
+        if name not in TRANSFER_LIMITS or not number.isdigit():
+            raise FairstampError(f"--transfer-limits: expected NAME=N with NAME in "
+                                 f"{', '.join(TRANSFER_LIMITS)}, got {part!r}")
         out[name] = int(number)
     return out
 

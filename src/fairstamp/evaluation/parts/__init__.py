@@ -2,6 +2,6 @@
 A new part is a module here, imported below, and its name in a suite of
 `fairstamp.evaluation.config.SUITE_PARTS`."""
 
-from fairstamp.evaluation.parts import bias, crows, general, retention
+from fairstamp.evaluation.parts import bias, crows, general, retention, transfer
 
-__all__ = ["bias", "crows", "general", "retention"]
+__all__ = ["bias", "crows", "general", "retention", "transfer"]
