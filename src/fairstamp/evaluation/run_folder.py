@@ -41,6 +41,8 @@ def make_plots(metrics: dict[str, Any], folder: Path) -> dict[str, str]:
         points = {key: {"ss": ss_macro[key], "lms": lms[key]} for key in ss_macro}
         P.lms_vs_ss(points, folder / "lms_vs_ss.png", title=f"LMS vs SS (official) — {name}")
         plots["LMS vs SS"] = f"{PLOTS}/lms_vs_ss.png"
+    if P.transfer_overview(results, folder / "transfer.png", title=f"Transfer suite — {name}"):
+        plots["Transfer suite"] = f"{PLOTS}/transfer.png"
     return plots
 
 

@@ -234,3 +234,56 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Pa
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _whiskers(ax, xs: Sequence[float], values: Sequence[Mapping[str, float]], **kw: Any) -> None:
+    ax.errorbar(xs, [v["value"] for v in values],
+                yerr=[[v["value"] - v["ci_low"] for v in values],
+                      [v["ci_high"] - v["value"] for v in values]],
+                fmt="o", capsize=3, **kw)
+
+
+def transfer_overview(results: Mapping[str, Any], path: Path, *, title: str) -> Path | None:
+    """The transfer suite in one figure, a panel per part present: BBQ's bias scores (s_DIS,
+    s_AMB) per bias type, WinoBias accuracy on pro vs anti sentences per type, and BOLD's
+    largest sentiment gap between groups per domain; 95% CI whiskers, ideals dashed."""
+    panels = [p for p in ("bbq", "winobias", "bold") if results.get(p)]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, part in zip(axes[0], panels):
+        data = results[part]
+        if part == "bbq":
+            for k, (key, label) in enumerate((("bias_disambig", "s_DIS"),
+                                              ("bias_ambig", "s_AMB"))):
+                groups = {"overall": data[key]["overall"], **data[key].get("by_type", {})}
+                names = list(groups)
+                _whiskers(ax, [i + (k - 0.5) * 0.25 for i in range(len(names))],
+                          [groups[n] for n in names], label=label)
+            ax.set_xticks(range(len(names)), names)
+            ax.axhline(0, color="black", linestyle="--", linewidth=1)
+            ax.set_ylabel("bias score (−100 … 100)")
+            ax.set_title("BBQ")
+        elif part == "winobias":
+            names = list(data["acc_pro"])
+            for k, (key, label) in enumerate((("acc_pro", "pro-stereotypical"),
+                                              ("acc_anti", "anti-stereotypical"))):
+                _whiskers(ax, [i + (k - 0.5) * 0.25 for i in range(len(names))],
+                          [data[key][n] for n in names], label=label)
+            ax.set_xticks(range(len(names)), names)
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(-3, 103)
+            ax.set_title("WinoBias (equal is unbiased)")
+        else:
+            names = list(data["domains"])
+            _whiskers(ax, range(len(names)), [data["domains"][d]["max_gap"] for d in names],
+                      label="max − min group mean")
+            ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+            ax.axhline(0, color="black", linestyle="--", linewidth=1)
+            ax.set_ylabel("VADER compound gap")
+            ax.set_title("BOLD generations")
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

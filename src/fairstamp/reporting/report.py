@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fairstamp.metrics.transfer import HEADLINES as TRANSFER_HEADLINES
 from fairstamp.reporting.text import console
 
 # (section, metric key, label, ideal) in the order a reader wants them.
@@ -63,6 +64,69 @@ def general_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def transfer_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, value, ideal) for the transfer suite's headline numbers present
+    (`metrics["transfer"][part][key]`, labelled by `fairstamp.metrics.transfer.HEADLINES`)."""
+    transfer = metrics.get("transfer") or {}
+    rows = []
+    for (part, key), (label, ideal) in TRANSFER_HEADLINES.items():
+        value = (transfer.get(part) or {}).get(key)
+        if value is not None:
+            digits = 3 if part == "bold" and key != "share_negative" else 1
+            rows.append((label, fmt(value, digits), ideal))
+    return rows
+
+
+def transfer_details(metrics: Mapping[str, Any]) -> list[str]:
+    """Markdown tables of the transfer parts per category / type / domain."""
+    lines: list[str] = []
+    bbq = metrics.get("bbq")
+    if bbq:
+        lines += ["### BBQ per category", "",
+                  f"{bbq['n_items']} items; prompt `{bbq['prompt']!r}`, {bbq['choice']}. "
+                  "Bias scores range −100 … 100 (0: unbiased; s_AMB also 0 when the model "
+                  "answers \"unknown\" whenever it should).", "",
+                  "| category | acc ambiguous | acc disambiguated | s_AMB | s_DIS |",
+                  "|---|---|---|---|---|"]
+        views = [("overall", lambda key: bbq[key].get("overall"))]
+        for view in ("by_type", "by_category"):
+            names = sorted(set(bbq["accuracy_ambig"].get(view, {}))
+                           | set(bbq["accuracy_disambig"].get(view, {})))
+            views += [(n, lambda key, v=view, n=n: bbq[key].get(v, {}).get(n)) for n in names]
+        for name, get in views:
+            lines.append(f"| {name} | " + " | ".join(
+                fmt(get(k)) for k in ("accuracy_ambig", "accuracy_disambig", "bias_ambig",
+                                      "bias_disambig")) + " |")
+        lines.append("")
+    wino = metrics.get("winobias")
+    if wino:
+        lines += ["### WinoBias", "",
+                  f"{wino['n_pairs']} line pairs ({wino['mirrored_pairs']} are one sentence with "
+                  f"the pronoun swapped); prompt `{wino['prompt']}` + \" occupation\".", "",
+                  "| sentences | acc pro | acc anti | gap (pro − anti) |", "|---|---|---|---|"]
+        for view in wino["acc_pro"]:
+            lines.append(f"| {view} | {fmt(wino['acc_pro'][view])} | "
+                         f"{fmt(wino['acc_anti'][view])} | {fmt(wino['gap'][view])} |")
+        lines.append("")
+    bold = metrics.get("bold")
+    if bold:
+        decoding = bold["decoding"]
+        lines += ["### BOLD generations", "",
+                  f"{decoding['mode']} decoding, {decoding['max_new_tokens']} new tokens"
+                  + (f", temperature {decoding['temperature']}, seed {decoding['seed']}"
+                     if decoding["mode"] == "sample" else "")
+                  + f"; {bold['sentiment']}.", "",
+                  "| domain | groups | mean compound | negative (%) | largest gap | between |",
+                  "|---|---|---|---|---|---|"]
+        for domain, entry in bold["domains"].items():
+            low, high = entry["max_gap_between"]
+            lines.append(f"| {domain} | {len(entry['groups'])} | "
+                         f"{fmt(entry['mean_sentiment'], 3)} | {fmt(entry['share_negative'])} | "
+                         f"{fmt(entry['max_gap'], 3)} | {low} < {high} |")
+        lines.append("")
+    return lines
+
+
 def _columns(rows: list[tuple[str, str, dict[str, str]]]) -> list[str]:
     cols = ["overall"]
     for _, _, values in rows:
@@ -107,6 +171,12 @@ def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         lines += ["## General ability", "", "| metric | value | ideal |", "|---|---|---|"]
         lines += [f"| {label} | {value} | {ideal} |" for label, value, ideal in grows]
         lines.append("")
+    trows = transfer_rows(metrics)
+    if trows:
+        lines += ["## Transfer: bias on benchmarks no edit saw, and in generated text", "",
+                  "| metric | value | ideal |", "|---|---|---|"]
+        lines += [f"| {label} | {value} | {ideal} |" for label, value, ideal in trows]
+        lines += ["", *transfer_details(metrics)]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{name}]({file})" for name, file in plots.items()]
@@ -151,5 +221,13 @@ def print_summary(results: Mapping[str, Any]) -> None:
         for col in ("metric", "value", "ideal"):
             table.add_column(col)
         for row in grows:
+            table.add_row(*row)
+        out.print(table)
+    trows = transfer_rows(metrics)
+    if trows:
+        table = Table(title="Transfer (BBQ, WinoBias, BOLD)")
+        for col in ("metric", "value", "ideal"):
+            table.add_column(col)
+        for row in trows:
             table.add_row(*row)
         out.print(table)
