@@ -11,18 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from torch import nn
 
 from fairstamp import __version__
 from fairstamp.errors import FairstampError
 from fairstamp.models.archspec import ArchSpec, check_layer
-from fairstamp.stamp.module import FairnessStamp, StampedMLP, attach, detach
+from fairstamp.stamp.module import ACTIVATIONS, READS, FairnessStamp, StampedMLP, attach, detach
 from fairstamp.utils.io import atomic_write_bytes, atomic_write_json, staging_dir
 from fairstamp.utils.repro import library_versions
 
@@ -71,21 +72,72 @@ class StampConfig:
     fairstamp_version: str = __version__
     versions: dict[str, str] = field(default_factory=library_versions)
     format_version: int = FORMAT_VERSION
+    weights_sha256: str | None = None  # of stamp.safetensors, checked on load (absent before)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "stamp_config.json") -> StampConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        missing = [k for k in ("base_model", "fingerprint", "model_type", "layer", "hidden",
-                               "width") if k not in data]
+    def from_dict(cls, data: Any, source: str = "stamp_config.json") -> StampConfig:
+        """A config read from JSON, checked against the schema (types and ranges) first."""
+        if not isinstance(data, dict):
+            raise FairstampError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        missing = [k for k in REQUIRED_FIELDS if k not in data]
         if missing:
             raise FairstampError(f"{source}: missing {', '.join(missing)}")
-        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise FairstampError(f"{source}: written by a newer fairstamp "
-                                 f"(format {data['format_version']})")
+        version = data.get("format_version", FORMAT_VERSION)
+        if _is_int(version) and version > FORMAT_VERSION:
+            raise FairstampError(f"{source}: written by a newer fairstamp (format {version})")
+        check_config_schema(data, source)
+        known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+REQUIRED_FIELDS = ("base_model", "fingerprint", "model_type", "layer", "hidden", "width")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_config_schema(data: dict[str, Any], source: str) -> None:
+    """Refuse a stamp config whose fields have the wrong type or range, in one line naming the
+    field, before anything is built from it."""
+
+    def fail(name: str, expected: str) -> None:
+        value = json.dumps(data[name])
+        value = value if len(value) <= 40 else value[:37] + "..."
+        raise FairstampError(f"{source}: field '{name}' is {value}, expected {expected}")
+
+    for name in ("base_model", "model_type"):
+        if not isinstance(data[name], str) or not data[name]:
+            fail(name, "a non-empty string")
+    for name in ("family", "site"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            fail(name, "a string")
+    for name in ("fingerprint", "weights_sha256"):
+        value = data.get(name)
+        if name == "weights_sha256" and value is None:
+            continue
+        if not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            fail(name, "a sha256 (64 lowercase hex digits)")
+    if not _is_int(data["layer"]) or data["layer"] < 0:
+        fail("layer", "a layer number (an integer >= 0)")
+    for name in ("hidden", "width"):
+        if not _is_int(data[name]) or not 1 <= data[name] <= MAX_DIM:
+            fail(name, f"an integer from 1 to {MAX_DIM}")
+    if data.get("activation", "gelu") not in ACTIVATIONS:
+        fail("activation", f"one of {', '.join(ACTIVATIONS)}")
+    if data.get("reads", "mlp_output") not in READS:
+        fail("reads", f"one of {', '.join(READS)}")
+    if data.get("seed") is not None and not _is_int(data["seed"]):
+        fail("seed", "an integer or null")
+    for name in ("training", "versions"):
+        if name in data and not isinstance(data[name], dict):
+            fail(name, "an object")
+    if "format_version" in data and not _is_int(data["format_version"]):
+        fail("format_version", "an integer")
 
 
 class Stamp:
@@ -129,17 +181,21 @@ class Stamp:
             if not path.is_file():
                 raise FairstampError(f"{folder}: not a stamp folder (no {path.name})")
         try:
-            config = StampConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
+            text = config_path.read_bytes().decode("utf-8")
+            config = StampConfig.from_dict(json.loads(text), str(config_path))
+        except UnicodeDecodeError:
+            raise FairstampError(f"{config_path}: not valid UTF-8") from None
         except json.JSONDecodeError as exc:
             raise FairstampError(f"{config_path}: not valid JSON ({exc})") from None
-        tensors = load_file(str(weights_path))
+        data = weights_path.read_bytes()
+        check_weights(data, config, str(weights_path))
+        try:
+            tensors = load(data)
+        except Exception as exc:  # safetensors' own error types; the header was checked above
+            raise FairstampError(f"{weights_path}: cannot read the tensors ({exc})") from None
         module = FairnessStamp(config.hidden, config.width, activation=config.activation,
                                reads=config.reads)
-        expected = set(module.state_dict())
-        if set(tensors) != expected:
-            raise FairstampError(f"{weights_path}: tensors {sorted(tensors)} do not match a "
-                                 f"stamp ({sorted(expected)})")
-        module.load_state_dict(tensors)
+        module.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
         stamp = cls(module, config)
         if loaded is not None:
             stamp.check_model(loaded, strict=check_fingerprint)
@@ -158,6 +214,10 @@ class Stamp:
         if hidden != self.config.hidden:
             raise FairstampError(f"this stamp expects hidden size {self.config.hidden}; "
                                  f"{loaded.name} has {hidden}")
+        num_layers = loaded.arch.num_layers(loaded.model)
+        if self.config.layer >= num_layers:
+            raise FairstampError(f"this stamp sits at layer {self.config.layer}; {loaded.name} "
+                                 f"has {num_layers} layers (0-{num_layers - 1})")
         site = loaded.arch.mlp
         if self.config.site != site and (self.config.site is not None or loaded.arch.mlp_normed):
             # Before `site` was recorded, Gemma 3 stamps sat before the post-feed-forward norm.
@@ -199,8 +259,73 @@ def new_stamp(loaded: Any, layer: int, *, width: int, activation: str = "gelu",
 
 
 def write_stamp_files(folder: Path, stamp: Stamp) -> None:
-    """stamp_config.json and stamp.safetensors into `folder` (each written atomically)."""
-    atomic_write_json(folder / CONFIG_NAME, stamp.config.to_dict())
+    """stamp.safetensors and stamp_config.json (with the weights' sha256) into `folder`, each
+    written atomically."""
     # One metadata key only: safetensors writes metadata in hash-map order, which varies between
     # runs, and identical stamps must give identical bytes (the version is in the config).
-    atomic_write_bytes(folder / WEIGHTS_NAME, save(stamp.state_dict(), metadata={"format": "pt"}))
+    data = save(stamp.state_dict(), metadata={"format": "pt"})
+    stamp.config.weights_sha256 = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(folder / WEIGHTS_NAME, data)
+    atomic_write_json(folder / CONFIG_NAME, stamp.config.to_dict())
+
+
+#: safetensors dtypes a stamp may be stored in (read into float32)
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+MAX_DIM = 1 << 20
+_MAX_HEADER = 1 << 20
+
+
+def expected_shapes(config: StampConfig) -> dict[str, list[int]]:
+    """The tensors of a stamp of this config, by name, with their shapes."""
+    h, w = config.hidden, config.width
+    return {"up.weight": [w, h], "up.bias": [w], "down.weight": [h, w], "down.bias": [h]}
+
+
+def check_weights(data: bytes, config: StampConfig, source: str) -> None:
+    """Refuse a stamp.safetensors that is not what `config` describes — empty, truncated, not
+    safetensors, other tensors, dtypes or shapes, or other bytes than the recorded sha256 — in
+    one line, before any tensor is built. Older stamps without a checksum load with a note."""
+    if len(data) < 8:
+        raise FairstampError(f"{source}: {'empty' if not data else 'truncated'} "
+                             f"({len(data)} bytes; not a safetensors file)")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(_MAX_HEADER, len(data) - 8):
+        raise FairstampError(f"{source}: not a safetensors file, or truncated (its header "
+                             f"claims {size} bytes, the file has {len(data)})")
+    try:
+        header = json.loads(data[8:8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FairstampError(f"{source}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise FairstampError(f"{source}: not a safetensors file (unreadable header)")
+    header.pop("__metadata__", None)
+    expected = expected_shapes(config)
+    if set(header) != set(expected):
+        raise FairstampError(f"{source}: tensors {sorted(header)} do not match a stamp "
+                             f"({sorted(expected)})")
+    end = 0
+    for name, shape in expected.items():
+        entry = header[name]
+        if not isinstance(entry, dict):
+            raise FairstampError(f"{source}: tensor {name}: unreadable header entry")
+        if entry.get("dtype") not in FLOAT_DTYPES:
+            raise FairstampError(f"{source}: tensor {name} has dtype {entry.get('dtype')}, "
+                                 f"expected one of {', '.join(FLOAT_DTYPES)}")
+        if entry.get("shape") != shape:
+            raise FairstampError(f"{source}: tensor {name} has shape {entry.get('shape')}, but "
+                                 f"the config's hidden {config.hidden} and width {config.width} "
+                                 f"make it {shape}")
+        offsets = entry.get("data_offsets")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(_is_int(o) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise FairstampError(f"{source}: tensor {name}: unreadable data offsets")
+        end = max(end, offsets[1])
+    if 8 + size + end > len(data):
+        raise FairstampError(f"{source}: truncated ({len(data)} bytes; its header needs "
+                             f"{8 + size + end})")
+    if config.weights_sha256 is None:
+        log.info("%s: the stamp records no sha256 of its weights (written by fairstamp before "
+                 "checksums); loading it unchecked", source)
+    elif hashlib.sha256(data).hexdigest() != config.weights_sha256:
+        raise FairstampError(f"{source}: its sha256 differs from the one recorded in "
+                             f"{CONFIG_NAME} (the file was changed or damaged after saving)")

@@ -41,6 +41,9 @@ class FairnessStamp(nn.Module):
                                  f"{', '.join(ACTIVATIONS)}")
         if reads not in READS:
             raise FairstampError(f"unknown stamp input {reads!r}; choose from {', '.join(READS)}")
+        for name, value in (("hidden", hidden), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FairstampError(f"stamp {name} must be a positive integer, got {value!r}")
         self.hidden, self.width, self.activation, self.reads = hidden, width, activation, reads
         self.up = nn.Linear(hidden, width, device=device, dtype=dtype)
         self.act = ACTIVATIONS[activation]()
