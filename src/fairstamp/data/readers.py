@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fairstamp.data.validate import require_str
+from fairstamp.data.validate import (
+    check_text_length,
+    max_line_bytes,
+    max_sentence_tokens,
+    require_str,
+)
 from fairstamp.errors import DataError
 
 
@@ -45,8 +50,15 @@ def _open_lines(path: str | Path) -> tuple[str, IO[bytes]]:
 def _iter_lines(path: str | Path) -> Iterator[tuple[str, int, str]]:
     """(display name, 1-based line number, decoded line without its newline)."""
     name, handle = _open_lines(path)
+    limit = max_line_bytes()
     try:
-        for number, raw in enumerate(handle, start=1):
+        number = 0
+        while raw := handle.readline(limit + 1):
+            number += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                raise DataError(f"{name}:{number}: line longer than {limit:,} bytes, refused "
+                                f"unread (sentences are limited to {max_sentence_tokens()} "
+                                f"tokens; --max-sentence-tokens)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -89,6 +101,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
 class SentenceRecord:
     text: str
     extra: dict[str, Any] = field(default_factory=dict)
+    where: str = ""  # `file:line`, for messages
 
 
 def read_sentences(path: str | Path) -> list[SentenceRecord]:
@@ -109,10 +122,11 @@ def read_sentences(path: str | Path) -> list[SentenceRecord]:
         if not line.strip():
             continue
         if not as_json:
-            records.append(SentenceRecord(line.strip()))
+            records.append(SentenceRecord(check_text_length(line.strip(), f"{name}:{number}"),
+                                          where=f"{name}:{number}"))
             continue
         obj = parse_object(name, number, line)
         text = require_str(obj, "text", f"{name}:{number}")
         del obj["text"]
-        records.append(SentenceRecord(text, obj))
+        records.append(SentenceRecord(text, obj, where=f"{name}:{number}"))
     return records

@@ -122,6 +122,9 @@ def _parse_example(example: Any, at: str, name: str, item_ids: IdTracker,
     check_distinct(stereo, anti, where,
                    "its stereotype and anti-stereotype sentences are identical")
     context = example.get("context")
+    if isinstance(context, str) and "BLANK" not in context:
+        raise DataError(f"{where}: its context {context[:60]!r} has no BLANK (an intrasentence "
+                        f"context marks the word its three sentences fill in with BLANK)")
     return BiasItem(
         id=item_id, source="stereoset", bias_type=bias_type, target=target,
         stereo=stereo, anti=anti, unrelated=unrelated,

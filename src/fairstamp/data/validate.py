@@ -6,12 +6,66 @@ Each check takes `where`, the location that starts the message: `file:line` for 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from fairstamp.errors import DataError
 
 T = TypeVar("T")
+
+#: The longest sentence, in tokens, that commands accept (well under every supported model's
+#: context); `--max-sentence-tokens` or `sentence_length_limit` change it.
+DEFAULT_MAX_SENTENCE_TOKENS = 512
+#: While reading, before any tokenizer is involved, a text longer than this many characters per
+#: allowed token is refused (no tokenizer of the supported families has longer tokens), so that a
+#: huge record never reaches a tokenizer or a batch.
+CHARS_PER_TOKEN = 32
+#: ... but never below this many characters (the general-ability sets hold passages of ~5k).
+MIN_TEXT_CHARS = 8192
+#: A line of a line-based file may hold several texts: at most this many times one text's bytes.
+LINE_FACTOR = 64
+
+_MAX_TOKENS: ContextVar[int] = ContextVar("fairstamp_max_sentence_tokens",
+                                          default=DEFAULT_MAX_SENTENCE_TOKENS)
+
+
+def max_sentence_tokens() -> int:
+    """The sentence length limit in force, in tokens."""
+    return _MAX_TOKENS.get()
+
+
+def max_text_chars() -> int:
+    """The longest text field a reader accepts, in characters (from the token limit)."""
+    return max(MIN_TEXT_CHARS, CHARS_PER_TOKEN * max_sentence_tokens())
+
+
+def max_line_bytes() -> int:
+    """The longest line a line-based reader reads, in bytes; a longer one is refused unread."""
+    return LINE_FACTOR * max_text_chars()
+
+
+@contextmanager
+def sentence_length_limit(max_tokens: int) -> Iterator[None]:
+    """Read (and check) with another sentence length limit for the block."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    token = _MAX_TOKENS.set(max_tokens)
+    try:
+        yield
+    finally:
+        _MAX_TOKENS.reset(token)
+
+
+def check_text_length(value: str, where: str, what: str = "the sentence") -> str:
+    """Refuse a text too long to be a sentence, from its length alone (no tokenizer)."""
+    limit = max_text_chars()
+    if len(value) > limit:
+        raise DataError(f"{where}: {what} is {len(value):,} characters long, over the limit of "
+                        f"{limit:,} for a sentence of at most {max_sentence_tokens()} tokens "
+                        f"(--max-sentence-tokens)")
+    return value
 
 
 def type_name(value: Any) -> str:
@@ -29,7 +83,7 @@ def require_str(obj: Mapping[str, Any], field: str, where: str) -> str:
         raise DataError(f"{where}: field '{field}' is {type_name(value)}, not a string")
     if not value.strip():
         raise DataError(f"{where}: field '{field}' is empty")
-    return value
+    return check_text_length(value, where, f"field '{field}'")
 
 
 def optional_str(obj: Mapping[str, Any], field: str, where: str) -> str | None:
