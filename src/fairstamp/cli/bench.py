@@ -10,11 +10,14 @@ import typer
 from fairstamp.bench.runner import BenchConfig, run_bench
 from fairstamp.bench.table import print_results
 from fairstamp.cli import options as O
+from fairstamp.cli import validate as V
 from fairstamp.cli.evaluate import parse_limits
 from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.data.bias_sets import load_bias_set
+from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
 from fairstamp.errors import FairstampError
-from fairstamp.models.loader import peek_num_layers
-from fairstamp.runs.config import check_given_layer, defaults
+from fairstamp.evaluation.config import SUITES
+from fairstamp.runs.config import defaults
 
 RUN = defaults(BenchConfig)  # where every default below is written
 BIAS_TYPES = O.comma_list(RUN["bias_types"])
@@ -63,6 +66,7 @@ def bench_command(
         "--in-process", help="Run every method in this process (peak memory is then the "
         "whole run's) instead of one process per method.")] = False,
     data_dir: O.DataDir = None,
+    max_sentence_tokens: O.MaxSentenceTokens = DEFAULT_MAX_SENTENCE_TOKENS,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
@@ -72,6 +76,10 @@ def bench_command(
     (|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again. `--quick`
     shortens the general suite (and the trace of an argmax layer rule); each method's own
     training length is its option (e.g. --option fast.max_steps=60)."""
+    V.check_device(device)
+    V.check_data(data)
+    V.check_input_folder(data_dir, "--data-dir")
+    V.check_choice(suite, SUITES, "--suite")
     config = BenchConfig(
         model=model, methods=O.split_list(methods) or [], data=data,
         bias_types=O.split_list(bias_types), limit=limit, held_out_fraction=held_out_fraction,
@@ -83,9 +91,11 @@ def bench_command(
         max_batch_tokens=batch_tokens, options=parse_options(option))
     if quick:
         config = config.quick()
-    if layer is not None:  # refused before any model work, from the model's config alone
-        check_given_layer(config, peek_num_layers(model, cache_dir=cache_dir), model)
-    results = run_bench(config, out, isolate=not in_process)
+    # A bench folder is resumed, not replaced: an existing one is fine, one in use is refused.
+    with sentence_length_limit(max_sentence_tokens), V.claimed_output(out, exist_ok=True):
+        V.check_layer_option(layer, model, cache_dir)  # from the model's config alone
+        load_bias_set(config.data, config.bias_types, config.limit)  # read and validated first
+        results = run_bench(config, out, isolate=not in_process)
     print_results(results)
     typer.echo(f"results: {out / 'results.md'}", err=True)
 

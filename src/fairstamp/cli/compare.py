@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fairstamp.cli import validate as V
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.run_folder import read_metrics
 from fairstamp.reporting.compare import compare_rows, write_compare_folder
@@ -24,6 +25,13 @@ def compare(
 ) -> None:
     """Print (and with --out, plot and write) every metric of two runs side by side with the
     difference B − A."""
+    for path in (first, second):
+        V.check_input_folder(path, "run folder")
+    with V.claimed_output(out, overwrite=overwrite):
+        _compare(first, second, out, overwrite)
+
+
+def _compare(first: Path, second: Path, out: Path | None, overwrite: bool) -> None:
     from rich.table import Table  # on use: importing rich draws from `random` (reporting.text)
 
     a, b = read_metrics(first), read_metrics(second)

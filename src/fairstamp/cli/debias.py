@@ -8,14 +8,17 @@ from typing import Annotated
 import typer
 
 from fairstamp.cli import options as O
+from fairstamp.cli import validate as V
 from fairstamp.cli.evaluate import parse_limits
 from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.data.bias_sets import load_bias_set
+from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
+from fairstamp.evaluation.config import SUITES
 from fairstamp.fast.train import FitConfig
-from fairstamp.models import load
-from fairstamp.models.loader import peek_num_layers
 from fairstamp.reporting.before_after import print_before_after
-from fairstamp.runs.config import check_given_layer, defaults
+from fairstamp.runs.config import defaults
 from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
+from fairstamp.stamp.module import READS
 
 RUN, FIT = defaults(DebiasConfig), defaults(FitConfig)  # where every default below is written
 BIAS_TYPES = O.comma_list(RUN["bias_types"])
@@ -94,6 +97,7 @@ def debias_command(
     data_dir: O.DataDir = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run "
                                             "folder.")] = False,
+    max_sentence_tokens: O.MaxSentenceTokens = DEFAULT_MAX_SENTENCE_TOKENS,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
@@ -102,28 +106,38 @@ def debias_command(
     stamp there on the edit side of the items, evaluate the model before and after on BiaScope
     (edited SS, PS, held-out SS, DS/RS, LMS/ICAT, perplexity, known_1000, downstream accuracy),
     and write the stamp, metrics.json, a before/after report and plots."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay,
-                    retention_weight=retention_weight, generic_weight=generic_weight,
-                    keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
-                    lr_final=lr_final, max_steps=max_steps, check_every=check_every,
-                    batch_pairs=batch_pairs, balance_types=balance_types, framings=framings,
-                    train_vocab=train_vocab, pairs=pairs, seed=seed)
-    config = DebiasConfig(
-        model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
-        n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,
-        layer=layer, layer_rule=layer_rule, trace_items=trace_items, trace_samples=trace_samples,
-        suite=suite, general_limits=parse_limits(general_limits), n_resamples=bootstrap,
-        data_dir=str(data_dir) if data_dir else None,
-        allow_crows_training=allow_crows_training, fit=fit)
-    if quick:
-        config = config.quick()
-    if layer is not None:  # refused before any model work, from the model's config alone
-        check_given_layer(config, peek_num_layers(model, cache_dir=cache_dir), model)
-    loaded = load(model, cache_dir=cache_dir, device=device)
-    result = debias(loaded, config, max_batch_tokens=batch_tokens)
-    write_debias_run(result, out, overwrite=overwrite)
+    # Everything is checked, and --out claimed, before any model work.
+    V.check_choice(reads, READS, "--reads")
+    V.check_choice(suite, SUITES, "--suite")
+    V.check_positive(lr, "--lr")
+    V.check_non_negative(weight_decay, "--weight-decay")
+    V.check_device(device)
+    V.check_data(data)
+    V.check_input_folder(data_dir, "--data-dir")
+    with sentence_length_limit(max_sentence_tokens), \
+            V.claimed_output(out, overwrite=overwrite):
+        fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay,
+                        retention_weight=retention_weight, generic_weight=generic_weight,
+                        keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
+                        lr_final=lr_final, max_steps=max_steps, check_every=check_every,
+                        batch_pairs=batch_pairs, balance_types=balance_types,
+                        framings=framings, train_vocab=train_vocab, pairs=pairs, seed=seed)
+        config = DebiasConfig(
+            model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
+            n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,
+            layer=layer, layer_rule=layer_rule, trace_items=trace_items,
+            trace_samples=trace_samples, suite=suite,
+            general_limits=parse_limits(general_limits), n_resamples=bootstrap,
+            data_dir=str(data_dir) if data_dir else None,
+            allow_crows_training=allow_crows_training, fit=fit)
+        if quick:
+            config = config.quick()
+        V.check_layer_option(layer, model, cache_dir)  # from the model's config alone
+        items = load_bias_set(config.data, config.bias_types, config.limit)  # read, validated
+        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        V.check_item_lengths(items, data, loaded.tokenizer)
+        result = debias(loaded, config, max_batch_tokens=batch_tokens)
+        write_debias_run(result, out, overwrite=overwrite)
     print_before_after(result.metrics())
     typer.echo(f"stamp and report: {out} (report.md)", err=True)
 

@@ -32,6 +32,12 @@ BatchTokensOpt = Annotated[
 ]
 
 
+MaxSentenceTokens = Annotated[int, typer.Option(
+    "--max-sentence-tokens", min=1,
+    help="Refuse any input sentence longer than this many tokens (texts over 32 characters a "
+    "token are refused while reading, before any tokenizer sees them).")]
+
+
 def split_list(value: str | None) -> list[str] | None:
     """`"gender, race"` → ["gender", "race"]; None or empty → None."""
     return [v.strip() for v in value.split(",") if v.strip()] if value else None

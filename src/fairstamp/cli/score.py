@@ -9,9 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.cli import validate as V
+from fairstamp.cli.options import (
+    DEFAULT,
+    BatchTokensOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    MaxSentenceTokens,
+    ModelOpt,
+)
 from fairstamp.data.readers import read_sentences
-from fairstamp.models import load
+from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
 from fairstamp.scoring import Scorer
 from fairstamp.utils.io import atomic_write_text
 
@@ -24,6 +32,7 @@ def score(
                                                    "here (atomically) instead of stdout.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing --output file.")] = False,
+    max_sentence_tokens: MaxSentenceTokens = DEFAULT_MAX_SENTENCE_TOKENS,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
@@ -31,24 +40,29 @@ def score(
     """Score sentences: one JSON object per input line with the summed and per-token-mean
     log-probability (nats) and the number of scored tokens, in input order."""
 
-    if output is not None and output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (pass --overwrite to replace it)")
-    records = read_sentences(input)
-    loaded = load(model, cache_dir=cache_dir, device=device)
-    scorer = Scorer.from_loaded(loaded, max_batch_tokens=batch_tokens)
-    scores = scorer.score([r.text for r in records], description=f"scoring {len(records)}")
-    lines = []
-    for i, record in enumerate(records):
-        row = {**record.extra, "text": record.text,
-               "logprob_sum": float(scores.total[i]),
-               "logprob_mean": float(scores.mean[i]),
-               "n_tokens": int(scores.n_tokens[i])}
-        lines.append(json.dumps(row, ensure_ascii=False))
-    text = "\n".join(lines) + "\n"
+    V.check_device(device)
+    V.check_input_file(input, "INPUT")
+    with sentence_length_limit(max_sentence_tokens), \
+            V.claimed_output(output, overwrite=overwrite, option="--output"):
+        records = read_sentences(input)
+        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        V.check_token_lengths([r.text for r in records], [r.where for r in records],
+                              loaded.tokenizer)
+        scorer = Scorer.from_loaded(loaded, max_batch_tokens=batch_tokens)
+        scores = scorer.score([r.text for r in records], description=f"scoring {len(records)}")
+        lines = []
+        for i, record in enumerate(records):
+            row = {**record.extra, "text": record.text,
+                   "logprob_sum": float(scores.total[i]),
+                   "logprob_mean": float(scores.mean[i]),
+                   "n_tokens": int(scores.n_tokens[i])}
+            lines.append(json.dumps(row, ensure_ascii=False))
+        text = "\n".join(lines) + "\n"
+        if output is not None:
+            atomic_write_text(output, text)
     if output is None:
         sys.stdout.write(text)
     else:
-        atomic_write_text(output, text)
         typer.echo(f"wrote {len(lines)} scores to {output}", err=True)
 
 

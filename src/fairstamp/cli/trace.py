@@ -8,22 +8,26 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from fairstamp.cli import validate as V
 from fairstamp.cli.options import (
     DEFAULT,
     BatchTokensOpt,
     CacheDirOpt,
     DeviceOpt,
+    MaxSentenceTokens,
     ModelOpt,
     split_list,
 )
 from fairstamp.data.bias_sets import load_bias_set
 from fairstamp.data.splits import split_by_target
+from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.config import DEFAULT_REDUCTION, REDUCTIONS, check_reduction
 from fairstamp.reporting.run_folder import REPORT, run_folder
 from fairstamp.reporting.trace_report import top_layers, trace_record, write_trace_folder
 
 SPLITS = ("edit", "held_out", "all")
+COMPONENTS = ("mlp", "attn", "resid")
 
 
 def trace_command(
@@ -57,6 +61,7 @@ def trace_command(
     seed: Annotated[int, typer.Option(help="Seed of the noise and of the target split.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")]
     = False,
+    max_sentence_tokens: MaxSentenceTokens = DEFAULT_MAX_SENTENCE_TOKENS,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
@@ -64,30 +69,35 @@ def trace_command(
     """Locate a bias: corrupt the target group's tokens with noise, restore one layer's MLP,
     attention or residual output at a time, and measure the share of the stereo−anti score gap
     each restores. Writes trace.json, report.md and plots; prints the decisive layer."""
-    # torch and the model loaders at call time, not when the CLI starts.
-    from fairstamp.models import load
+    # torch and the tracer at call time, not when the CLI starts.
     from fairstamp.tracing import trace_bias
 
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    if split not in SPLITS:
-        raise FairstampError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    # Everything is checked, and --out claimed, before any model work.
+    V.check_choice(split, SPLITS, "--split")
+    V.check_choices(split_list(components), COMPONENTS, "--components")
+    if not split_list(components):
+        raise FairstampError(f"--components: name at least one of {', '.join(COMPONENTS)}")
     check_reduction(reduction, "--reduction")
-    items = select_items(data, split_list(bias_types), split=split,
-                         held_out_fraction=held_out_fraction, seed=seed, limit=limit)
-    loaded = load(model, cache_dir=cache_dir, device=device)
-    start = time.perf_counter()
-    result = trace_bias(loaded, items, components=split_list(components) or [],
-                        window=window, samples=samples, noise_scale=noise_scale, seed=seed,
-                        reduction=reduction, heatmap_items=heatmap_items,  # type: ignore[arg-type]
-                        max_batch_tokens=batch_tokens)
-    seconds = time.perf_counter() - start
-    record = trace_record(result, loaded, items, seconds=seconds,
-                          selection={"data": data, "bias_types": split_list(bias_types),
-                                     "limit": limit, "split": split,
-                                     "held_out_fraction": held_out_fraction, "seed": seed})
-    with run_folder(out, overwrite=overwrite) as folder:
-        write_trace_folder(folder, record, result)
+    V.check_device(device)
+    V.check_data(data)
+    with sentence_length_limit(max_sentence_tokens), \
+            V.claimed_output(out, overwrite=overwrite):
+        items = select_items(data, split_list(bias_types), split=split,
+                             held_out_fraction=held_out_fraction, seed=seed, limit=limit)
+        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        V.check_item_lengths(items, data, loaded.tokenizer)
+        start = time.perf_counter()
+        result = trace_bias(loaded, items, components=split_list(components) or [],
+                            window=window, samples=samples, noise_scale=noise_scale, seed=seed,
+                            reduction=reduction,  # type: ignore[arg-type]
+                            heatmap_items=heatmap_items, max_batch_tokens=batch_tokens)
+        seconds = time.perf_counter() - start
+        record = trace_record(result, loaded, items, seconds=seconds,
+                              selection={"data": data, "bias_types": split_list(bias_types),
+                                         "limit": limit, "split": split,
+                                         "held_out_fraction": held_out_fraction, "seed": seed})
+        with run_folder(out, overwrite=overwrite) as folder:
+            write_trace_folder(folder, record, result)
     _print_summary(result, seconds)
     typer.echo(f"report: {out / REPORT}", err=True)
 
