@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point. Exit status: 0 success; 2 a usage or data error (one `error: ...` line); 130
     interrupted (Ctrl-C; nothing written); 1 an unexpected internal error (one line, the
     traceback with --debug)."""
-    _register()
     _session.clear()
     try:
+        _register()
         # Typer turns Ctrl-C into exit status 130 and returns it (standalone_mode=False).
         status = app(args=argv, standalone_mode=False)
         if status == INTERRUPTED:
