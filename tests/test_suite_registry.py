@@ -61,8 +61,8 @@ def run(args, capsys):
 
 
 def test_builtin_parts_are_registered_and_make_every_suite():
-    assert part_names() == ["crows", "edited", "general", "held_out", "paraphrase", "retention",
-                            "stereoset"]
+    assert part_names() == ["bbq", "bold", "crows", "edited", "general", "held_out",
+                            "paraphrase", "retention", "stereoset", "winobias"]
     for names in SUITE_PARTS.values():
         assert all(get_part(name).name == name for name in names)
 
@@ -92,9 +92,9 @@ def test_a_part_registered_here_runs_inside_evaluate_in_the_one_scoring_pass(
 
 
 def test_unknown_parts_are_refused_with_the_known_ones(parts, tiny_model_dir):
-    parts["crows"] = ("crows", "winobias")
-    with pytest.raises(FairstampError, match="unknown suite part 'winobias'; known parts: "
-                                             "crows, edited, general, held_out"):
+    parts["crows"] = ("crows", "lambada")
+    with pytest.raises(FairstampError, match="unknown suite part 'lambada'; known parts: "
+                                             "bbq, bold, crows, edited, general, held_out"):
         evaluate(load(str(tiny_model_dir)), EvalConfig(model="tiny", suite="crows", limit=2))
     with pytest.raises(FairstampError, match="unknown suite part 'nope'"):
         get_part("nope")
@@ -190,9 +190,9 @@ def test_trace_goes_through_run_folder_all_or_nothing(tmp_path, tiny_model_dir, 
         raise RuntimeError("plot failed")
 
     monkeypatch.setattr(trace_report, "layer_profiles", broken)
-    with pytest.raises(RuntimeError, match="plot failed"):
-        main([*args[:-1], str(tmp_path / "other")])
-    with pytest.raises(RuntimeError, match="plot failed"):
-        main([*args, "--overwrite"])
+    for attempt in ([*args[:-1], str(tmp_path / "other")], [*args, "--overwrite"]):
+        code, _, err = run(attempt, capsys)
+        assert code == 1
+        assert "internal error in fairstamp trace: RuntimeError: plot failed" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trace"]
     assert (out / "report.md").read_text() == report
