@@ -386,3 +386,14 @@ def test_each_transfer_part_on_smollm2(smollm2):
     continuations = [p["continuation"] for p in run.predictions["bold"]]
     assert sum(bool(c.strip()) for c in continuations) >= 40  # of 43 prompts
     assert -1 <= summary["bold"]["mean_sentiment"]["value"] <= 1
+
+
+def test_transfer_plot_draws_a_ci_that_misses_its_point(tmp_path):
+    """The largest group gap is biased upward, so its percentile CI can lie above the value."""
+    from fairstamp.reporting.plots import transfer_overview
+
+    gap = {"value": 0.1, "ci_low": 0.15, "ci_high": 0.4, "n": 20}
+    results = {"bold": {"domains": {"gender": {"max_gap": gap}, "race": {"max_gap": gap}}}}
+    path = transfer_overview(results, tmp_path / "t.png", title="t")
+    assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+    assert transfer_overview({}, tmp_path / "none.png", title="t") is None

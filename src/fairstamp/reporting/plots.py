@@ -237,9 +237,12 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Pa
 
 
 def _whiskers(ax, xs: Sequence[float], values: Sequence[Mapping[str, float]], **kw: Any) -> None:
+    """Points with CI whiskers; a percentile CI need not contain its point (the largest of
+    several noisy gaps is biased upward, and so are its resamples), so a whisker is drawn up to
+    the point at least."""
     ax.errorbar(xs, [v["value"] for v in values],
-                yerr=[[v["value"] - v["ci_low"] for v in values],
-                      [v["ci_high"] - v["value"] for v in values]],
+                yerr=[[max(0.0, v["value"] - v["ci_low"]) for v in values],
+                      [max(0.0, v["ci_high"] - v["value"]) for v in values]],
                 fmt="o", capsize=3, **kw)
 
 
