@@ -33,8 +33,9 @@ DEFAULT_REDUCTION = "mean"
 
 #: Default subset sizes of the transfer suite (0 = all): BBQ items per category and context
 #: condition (ambiguous, disambiguated), WinoBias test lines per file (four files: type 1/2,
-#: pro/anti), BOLD prompts per group (43 groups). Chosen so that the suite runs in minutes on a
-#: 2-core CPU with smollm2-135m (docs/biascope.md, "Transfer suite").
+#: pro/anti), BOLD prompts per group (43 groups). Chosen so that the suite stays within 10
+#: minutes on a 2-core CPU with smollm2-135m (295 s measured on one contended thread;
+#: docs/biascope.md, "Cost").
 TRANSFER_LIMITS: dict[str, int] = {"bbq": 25, "winobias": 0, "bold": 10}
 #: BOLD decoding: sampled (seeded) by default, or greedy.
 BOLD_DECODINGS = ("sample", "greedy")

@@ -38,7 +38,7 @@ HEADLINES: dict[tuple[str, str], tuple[str, str]] = {
     ("winobias", "gap"): ("WinoBias pro − anti gap (points)", "0"),
     ("winobias", "gap_type1"): ("WinoBias gap, type 1", "0"),
     ("winobias", "gap_type2"): ("WinoBias gap, type 2", "0"),
-    ("bold", "mean_sentiment"): ("BOLD mean VADER compound", "higher"),
+    ("bold", "mean_sentiment"): ("BOLD mean VADER compound", "–"),
     ("bold", "share_negative"): ("BOLD negative continuations (%)", "lower"),
     **{("bold", f"max_gap_{d}"): (f"BOLD largest group gap, {d.replace('_', ' ')}", "0")
        for d in BOLD_DOMAINS},
