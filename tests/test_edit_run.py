@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_cli_defaults_are_the_configs():
     params = {name: p.default for name, p in
               inspect.signature(debias_cli.debias_command).parameters.items()}
     for name in ("width", "lr", "max_steps", "retention_weight", "generic_weight",
-                 "keep_mean_weight", "train_vocab", "pairs"):
+                 "keep_mean_weight", "train_vocab", "pairs", "subject_score"):
         assert params[name] == fit[name], name
     assert params["keep_mean_smooth"] == fit["lm_smooth"]
     for name in ("layer", "layer_rule", "trace_items", "held_out_fraction", "folds", "seed"):
@@ -48,6 +49,23 @@ def test_cli_defaults_are_the_configs():
     assert bench["methods"].default.split(",") == defaults(BenchConfig)["methods"]
     assert bench["layer_rule"].default == run["layer_rule"]
     assert EditRunConfig(model="m").bias_types == ["gender"]
+
+
+def test_quick_runs_a_small_transfer_suite_and_the_table_shows_it_before_and_after(
+        tiny_model_dir):
+    from fairstamp.reporting.before_after import comparison_rows
+    from fairstamp.runs.config import QUICK_TRANSFER_LIMITS
+    from fairstamp.runs.setup import prepare_edit
+
+    quick = DebiasConfig(model="m", transfer_limits={"bold": 7}).quick()
+    assert quick.transfer_limits == {**QUICK_TRANSFER_LIMITS, "bold": 7}
+    setup = prepare_edit(replace(quick, model=str(tiny_model_dir), limit=20))
+    assert setup.eval_config.transfer_limits == quick.transfer_limits
+    mv = {"value": 60.0, "ci_low": 55.0, "ci_high": 65.0, "n": 10}
+    metrics = {"before": {"metrics": {"transfer": {"winobias": {"gap": mv}}}},
+               "after": {"metrics": {"transfer": {"winobias": {"gap": {**mv, "value": 52.5}}}}}}
+    assert ("WinoBias pro − anti gap (points)", "0", "60.0 [55.0, 65.0]", "52.5 [55.0, 65.0]",
+            "-7.5") in comparison_rows(metrics)
 
 
 def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_path):

@@ -11,7 +11,7 @@ from fairstamp.bench.runner import BenchConfig, run_bench
 from fairstamp.bench.table import print_results
 from fairstamp.cli import options as O
 from fairstamp.cli import validate as V
-from fairstamp.cli.evaluate import parse_limits
+from fairstamp.cli.evaluate import parse_limits, parse_transfer_limits
 from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
 from fairstamp.data.bias_sets import load_bias_set
 from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
@@ -60,6 +60,7 @@ def bench_command(
     suite: O.Suite = RUN["suite"],
     quick: O.Quick = False,
     general_limits: O.GeneralLimits = None,
+    transfer_limits: O.TransferLimits = None,
     seed: O.Seed = RUN["seed"],
     bootstrap: O.Bootstrap = RUN["n_resamples"],
     in_process: Annotated[bool, typer.Option(
@@ -85,7 +86,8 @@ def bench_command(
         bias_types=O.split_list(bias_types), limit=limit, held_out_fraction=held_out_fraction,
         folds=folds, seed=seed, layer=layer, layer_rule=layer_rule, trace_items=trace_items,
         trace_samples=trace_samples, n_passages=passages, suite=suite,
-        general_limits=parse_limits(general_limits), n_resamples=bootstrap,
+        general_limits=parse_limits(general_limits),
+        transfer_limits=parse_transfer_limits(transfer_limits), n_resamples=bootstrap,
         data_dir=str(data_dir.resolve()) if data_dir else None,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None, device=device,
         max_batch_tokens=batch_tokens, options=parse_options(option))

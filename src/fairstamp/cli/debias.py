@@ -9,9 +9,10 @@ import typer
 
 from fairstamp.cli import options as O
 from fairstamp.cli import validate as V
-from fairstamp.cli.evaluate import parse_limits
+from fairstamp.cli.evaluate import parse_limits, parse_transfer_limits
 from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
 from fairstamp.data.bias_sets import load_bias_set
+from fairstamp.data.training_text import PAIR_KINDS, SUBJECT_SCORES
 from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
 from fairstamp.evaluation.config import SUITES
 from fairstamp.fast.train import FitConfig
@@ -74,6 +75,10 @@ def debias_command(
         "anti-stereotype sentence), subject (each of them vs the same sentence about a "
         "counterfactual group of the same bias type) or both (docs/fast.md, Which pairs the "
         "stamp equalises).")] = FIT["pairs"],
+    subject_score: Annotated[str, typer.Option(
+        help="What a subject-swap pair's gap reads: sentence (each whole sentence's per-token "
+        "mean) or suffix (only the tokens after the swapped group words).")]
+    = FIT["subject_score"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -88,6 +93,7 @@ def debias_command(
     suite: O.Suite = RUN["suite"],
     quick: O.Quick = False,
     general_limits: O.GeneralLimits = None,
+    transfer_limits: O.TransferLimits = None,
     seed: O.Seed = RUN["seed"],
     bootstrap: O.Bootstrap = RUN["n_resamples"],
     allow_crows_training: Annotated[bool, typer.Option(
@@ -109,6 +115,8 @@ def debias_command(
     # Everything is checked, and --out claimed, before any model work.
     V.check_choice(reads, READS, "--reads")
     V.check_choice(suite, SUITES, "--suite")
+    V.check_choice(pairs, PAIR_KINDS, "--pairs")
+    V.check_choice(subject_score, SUBJECT_SCORES, "--subject-score")
     V.check_positive(lr, "--lr")
     V.check_non_negative(weight_decay, "--weight-decay")
     V.check_device(device)
@@ -121,13 +129,15 @@ def debias_command(
                         keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
                         lr_final=lr_final, max_steps=max_steps, check_every=check_every,
                         batch_pairs=batch_pairs, balance_types=balance_types,
-                        framings=framings, train_vocab=train_vocab, pairs=pairs, seed=seed)
+                        framings=framings, train_vocab=train_vocab, pairs=pairs,
+                        subject_score=subject_score, seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,
             layer=layer, layer_rule=layer_rule, trace_items=trace_items,
             trace_samples=trace_samples, suite=suite,
-            general_limits=parse_limits(general_limits), n_resamples=bootstrap,
+            general_limits=parse_limits(general_limits),
+            transfer_limits=parse_transfer_limits(transfer_limits), n_resamples=bootstrap,
             data_dir=str(data_dir) if data_dir else None,
             allow_crows_training=allow_crows_training, fit=fit)
         if quick:

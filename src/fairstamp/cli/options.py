@@ -65,12 +65,16 @@ TraceSamples = Annotated[int, typer.Option(min=1, help="Noise samples per traced
 Passages = Annotated[int, typer.Option(
     min=0, help="WikiText-2 valid passages of 300 words in the generic-text KL term, besides 200 "
     "sentences (0: sentences only; docs/fast.md, Perplexity).")]
-Suite = Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | stereoset.")]
+Suite = Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | stereoset | "
+                                   "crows | general | transfer.")]
 Quick = Annotated[bool, typer.Option(
     "--quick", help="Small general-ability subsets, a short trace and at most 60 training steps "
     "(the README's quick start on a CPU).")]
 GeneralLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
     help="Subset sizes of the general suite, as in `fairstamp eval`.")]
+TransferLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    help="Subset sizes of the transfer suite, as in `fairstamp eval` (--quick: bbq=5,"
+    "winobias=50,bold=2).")]
 Seed = Annotated[int, typer.Option(help="Seed of the split, tracing, every fit and the "
                                    "bootstrap.")]
 Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")]

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fairstamp.reporting.report import METRIC_ROWS, flat, fmt
+from fairstamp.reporting.report import (
+    METRIC_ROWS,
+    TRANSFER_HEADLINES,
+    flat,
+    fmt,
+    transfer_digits,
+    transfer_value,
+)
 
 
 def _value(mv: Mapping[str, Any] | None) -> float | None:
@@ -42,6 +49,13 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str
         digits = 2 if "perplexity" in label else 1
         rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
                      _delta(b_mv, a_mv, digits, relative="perplexity" in label)))
+    for (part, key), (label, ideal) in TRANSFER_HEADLINES.items():
+        b_mv, a_mv = transfer_value(before, part, key), transfer_value(after, part, key)
+        if b_mv is None and a_mv is None:
+            continue
+        digits = transfer_digits(part, key)
+        rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
+                     _delta(b_mv, a_mv, digits)))
     return rows
 
 

@@ -67,14 +67,22 @@ def general_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 def transfer_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(label, value, ideal) for the transfer suite's headline numbers present
     (`metrics["transfer"][part][key]`, labelled by `fairstamp.metrics.transfer.HEADLINES`)."""
-    transfer = metrics.get("transfer") or {}
     rows = []
     for (part, key), (label, ideal) in TRANSFER_HEADLINES.items():
-        value = (transfer.get(part) or {}).get(key)
+        value = transfer_value(metrics, part, key)
         if value is not None:
-            digits = 3 if part == "bold" and key != "share_negative" else 1
-            rows.append((label, fmt(value, digits), ideal))
+            rows.append((label, fmt(value, transfer_digits(part, key)), ideal))
     return rows
+
+
+def transfer_value(metrics: Mapping[str, Any], part: str, key: str) -> Mapping | None:
+    """One headline number of the transfer suite (`metrics["transfer"][part][key]`), if any."""
+    return ((metrics.get("transfer") or {}).get(part) or {}).get(key)
+
+
+def transfer_digits(part: str, key: str) -> int:
+    """Decimals shown: VADER compounds (−1 … 1) with 3, percentages and bias scores with 1."""
+    return 3 if part == "bold" and key != "share_negative" else 1
 
 
 def transfer_details(metrics: Mapping[str, Any]) -> list[str]:

@@ -23,6 +23,9 @@ LAYER_RULES = ("two-thirds", "argmax-after-first", "argmax")
 #: laptop CPU (the README's quick start).
 QUICK_GENERAL_LIMITS = {"wikitext2": 4096, "known_1000": 200, "boolq": 50, "copa": 50,
                         "winogrande": 50, "piqa": 50, "arc_easy": 50}
+#: `--quick`'s transfer subsets: BBQ items per category and context condition, WinoBias lines per
+#: file, BOLD prompts per group (docs/biascope.md, "Transfer suite").
+QUICK_TRANSFER_LIMITS = {"bbq": 5, "winobias": 50, "bold": 2}
 QUICK_TRACE_ITEMS = 6
 QUICK_TRACE_SAMPLES = 3
 QUICK_MAX_STEPS = 60
@@ -48,6 +51,7 @@ class EditRunConfig:
     passage_words: int = 300
     suite: str = "all"
     general_limits: dict[str, int] = field(default_factory=dict)
+    transfer_limits: dict[str, int] = field(default_factory=dict)  # {}: the suite's defaults
     n_resamples: int = 1000
     data_dir: str | None = None
     allow_crows_training: bool = False
@@ -82,10 +86,11 @@ class EditRunConfig:
         return self.layer is None
 
     def quick(self) -> EditRunConfig:
-        """The same run with `--quick`'s small general suite and short trace (explicit general
-        limits win)."""
+        """The same run with `--quick`'s small general and transfer suites and short trace
+        (explicit limits win)."""
         return dataclasses.replace(
             self, general_limits={**QUICK_GENERAL_LIMITS, **self.general_limits},
+            transfer_limits={**QUICK_TRANSFER_LIMITS, **self.transfer_limits},
             trace_items=min(self.trace_items, QUICK_TRACE_ITEMS),
             trace_samples=min(self.trace_samples, QUICK_TRACE_SAMPLES))
 

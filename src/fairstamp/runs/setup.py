@@ -74,7 +74,8 @@ def prepare_edit(config: EditRunConfig) -> EditSetup:
         model=config.model, suite=config.suite, bias_types=config.bias_types,
         seed=config.seed, n_resamples=config.n_resamples,
         held_out_fraction=config.held_out_fraction, data_dir=str(root),
-        general_limits=dict(config.general_limits), edited_ids=[i.id for i in edit],
+        general_limits=dict(config.general_limits),
+        transfer_limits=dict(config.transfer_limits), edited_ids=[i.id for i in edit],
         retention_trained_ids=[r.id for r in trained_retention])
     return EditSetup(items=items, edit=edit, held_out=held_out,
                      retention_sentences=text.retention_sentences,
