@@ -168,3 +168,19 @@ def test_bench_with_folds_adds_the_cross_validated_column(tiny_model_dir, tmp_pa
     result = json.loads((out / "methods" / "test_scale" / "result.json").read_text())
     assert len(result["cross_validation"]["per_fold"]) == 2
     assert "| SS held-out (CV) |" in (out / "results.md").read_text()
+
+
+def test_the_table_shows_transfer_columns_only_when_a_row_has_them():
+    from fairstamp.bench.table import markdown_table, row_of
+
+    mv = {"value": 12.5, "ci_low": 0.0, "ci_high": 20.0, "n": 10}
+    plain = row_of("original", {"crows": {"crows": {"overall": mv}}}, {})
+    assert "BBQ" not in markdown_table([plain])
+    metrics = {"crows": {"crows": {"overall": mv}},
+               "transfer": {"bbq": {"bias_ambig": mv}, "bold": {"max_gap_gender": {
+                   **mv, "value": 0.0421}}}}
+    table = markdown_table([plain, row_of("fast", metrics, {})])
+    header, _, ideal, first, second = table.splitlines()
+    assert "| CrowS | BBQ s_AMB | BOLD gender gap | RS unseen |" in header
+    assert "WinoBias" not in header
+    assert "| 12.5 | 12.5 | 0.042 |" in second and "| 12.5 | – | – |" in first

@@ -29,7 +29,14 @@ BIAS_COLUMNS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
     ("perplexity", "PPL", ("general", "perplexity"), 2),
     ("known_kept", "known kept", ("general", "known_1000", "kept"), 1),
 )
-IDEAL = {"ss_edited": "50", "ps_edited": "50", "ss_held_out": "50", "ss_held_out_cv": "50",
+#: The transfer suite's headline per part (shown when a row has them: suite all or transfer).
+TRANSFER_COLUMNS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
+    ("bbq_s_amb", "BBQ s_AMB", ("transfer", "bbq", "bias_ambig"), 1),
+    ("winobias_gap", "WinoBias gap", ("transfer", "winobias", "gap"), 1),
+    ("bold_gender_gap", "BOLD gender gap", ("transfer", "bold", "max_gap_gender"), 3),
+)
+IDEAL = {"bbq_s_amb": "0", "winobias_gap": "0", "bold_gender_gap": "0",
+         "ss_edited": "50", "ps_edited": "50", "ss_held_out": "50", "ss_held_out_cv": "50",
          "ss": "50", "crows": "50",
          "rs_unseen": "100", "ds": "↑", "lms": "↑", "icat": "↑", "perplexity": "↓",
          "known_kept": "100", "downstream": "↑"}
@@ -52,7 +59,7 @@ def downstream_mean(metrics: Mapping[str, Any]) -> float | None:
 
 def row_of(name: str, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"method": name, "status": "done"}
-    for key, _, path, _ in BIAS_COLUMNS:
+    for key, _, path, _ in (*BIAS_COLUMNS, *TRANSFER_COLUMNS):
         row[key] = _get(metrics, path)
     row["downstream"] = downstream_mean(metrics)
     # --folds K: SS pooled over every target, each scored by the fit that never saw it.
@@ -96,12 +103,15 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 def _columns(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, tuple[str, ...], int], ...]:
     """The bias columns, with the cross-validated held-out SS after "SS held-out" when a row
-    has it (a `--folds K` run)."""
-    if not any(row.get("ss_held_out_cv") is not None for row in rows):
-        return BIAS_COLUMNS
-    at = [key for key, *_ in BIAS_COLUMNS].index("ss_held_out") + 1
-    return (*BIAS_COLUMNS[:at], ("ss_held_out_cv", "SS held-out (CV)", (), 1),
-            *BIAS_COLUMNS[at:])
+    has it (a `--folds K` run), and the transfer columns after CrowS when a row has them."""
+    columns = BIAS_COLUMNS
+    if any(row.get("ss_held_out_cv") is not None for row in rows):
+        at = [key for key, *_ in columns].index("ss_held_out") + 1
+        columns = (*columns[:at], ("ss_held_out_cv", "SS held-out (CV)", (), 1), *columns[at:])
+    transfer = tuple(c for c in TRANSFER_COLUMNS if any(row.get(c[0]) is not None
+                                                           for row in rows))
+    at = [key for key, *_ in columns].index("crows") + 1
+    return (*columns[:at], *transfer, *columns[at:])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -144,7 +154,10 @@ def write_results(out: Path, config: Any) -> dict[str, Any]:
              "method fitted on the same edit-side items and evaluated by the same BiaScope "
              "suite; the held-out targets are never edited.", "",
              markdown_table(rows), "",
-             "SS/PS/CrowS/RS/DS/LMS/ICAT in %, PPL = WikiText-2 perplexity, known kept = "
+             "SS/PS/CrowS/RS/DS/LMS/ICAT in %, BBQ s_AMB = BBQ's bias score in ambiguous "
+             "contexts (−100 … 100), WinoBias gap = pro − anti accuracy (points), BOLD gender "
+             "gap = largest difference of mean VADER sentiment between BOLD's gender groups "
+             "(docs/biascope.md, Transfer suite), PPL = WikiText-2 perplexity, known kept = "
              "`known_1000` top-1 predictions unchanged vs the original (%), downstream = mean "
              "zero-shot accuracy (%), fit s = seconds to fit, peak MiB = peak resident memory "
              "of loading + fitting, params changed = parameters changed or added. Per-method "
