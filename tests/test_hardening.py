@@ -208,6 +208,29 @@ def test_unused_files_are_named(caplog):
     assert "--crows-file c.csv is not read: the suite has no CrowS-Pairs part" in caplog.text
 
 
+def test_eval_checks_its_files_and_output_before_any_model_work(tmp_path, capsys,
+                                                                  tiny_model_dir, no_model_work):
+    base = ["eval", "--model", tiny_model_dir, "--out"]
+    code, _, err = run([*base, tmp_path / "a", "--crows-file", tmp_path / "nope.csv"], capsys)
+    assert code == 2 and "--crows-file" in err and "no such file" in err
+    code, _, err = run([*base, "/proc/x/run"], capsys)
+    assert code == 2 and "cannot write there" in err
+    (tmp_path / "done").mkdir()
+    code, _, err = run([*base, tmp_path / "done"], capsys)
+    assert code == 2 and "already exists" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]
+
+
+def test_eval_names_a_given_file_its_suite_does_not_read(tmp_path, capsys, tiny_model_dir):
+    crows = tmp_path / "c.csv"
+    crows.write_text("not read\n")
+    code, _, err = run(["eval", "--model", tiny_model_dir, "--suite", "stereoset", "--limit",
+                        "2", "--bootstrap", "0", "--crows-file", crows, "--out", tmp_path / "run"],
+                       capsys)
+    assert code == 0, err
+    assert "is not read: suite stereoset does not read it" in " ".join(err.split()), err
+
+
 # -- run folders --------------------------------------------------------------------------------
 
 def test_a_second_run_on_a_claimed_output_is_refused_at_once(tmp_path, capsys, tiny_model_dir):

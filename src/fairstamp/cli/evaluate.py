@@ -7,14 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from fairstamp.cli import validate as V
 from fairstamp.cli.options import (
     DEFAULT,
     BatchTokensOpt,
     CacheDirOpt,
     DeviceOpt,
+    MaxSentenceTokens,
     ModelOpt,
     split_list,
 )
+from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.config import (
     BOLD_DECODINGS,
@@ -86,6 +89,7 @@ def eval_command(
         "folder); its edited items are then reported apart from the held-out targets.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing run folder / export.")] = False,
+    max_sentence_tokens: MaxSentenceTokens = DEFAULT_MAX_SENTENCE_TOKENS,
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
@@ -96,13 +100,20 @@ def eval_command(
     type with bootstrap 95% CIs. Writes metrics.json, predictions.json, report.md and plots."""
     # torch and the model loaders at call time, not when the CLI starts.
     from fairstamp.evaluation.suite import evaluate
-    from fairstamp.models import load
     from fairstamp.runs.debias import read_edited_ids
     from fairstamp.stamp import Stamp
 
-    for path in (out, export_stereoset_predictions):
-        if path is not None and path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    # Everything is checked, and the outputs claimed, before any model work.
+    V.check_choice(suite, SUITES, "--suite")
+    V.check_device(device)
+    files = {"--stereoset-file": stereoset_file, "--crows-file": crows_file,
+             "--bias-file": bias_file, "--retention-file": retention_file,
+             "--paraphrase-file": paraphrase_file}
+    for option, path in files.items():
+        V.check_input_file(path, option)
+    V.check_input_folder(data_dir, "--data-dir")
+    V.check_input_folder(reference, "--reference")
+    V.check_input_folder(stamp, "--stamp")
     config = EvalConfig(
         model=model, suite=suite, bias_types=split_list(bias_types), limit=limit,
         reduction=reduction, seed=seed, n_resamples=bootstrap,
@@ -116,21 +127,27 @@ def eval_command(
     if export_stereoset_predictions is not None and "stereoset" not in config.parts:
         raise FairstampError(f"--export-stereoset-predictions needs a suite with StereoSet "
                              f"(not {suite!r})")
-    loaded = load(model, cache_dir=cache_dir, device=device)
-    if stamp is not None:
-        Stamp.from_pretrained(stamp, loaded)
-        config.edited_ids, config.retention_trained_ids = read_edited_ids(stamp)
-        config.stamp = str(stamp)
-    evaluation = evaluate(loaded, config, max_batch_tokens=batch_tokens)
-    items = evaluation.items["stereoset"]
-    if export_stereoset_predictions is not None and not all(
-            i.stereo_id and i.anti_id and i.unrelated_id for i in items):
-        raise FairstampError("--export-stereoset-predictions needs StereoSet items with sentence "
-                             "ids (a --bias-file has none)")
-    write_run(evaluation, out, overwrite=overwrite)
-    if export_stereoset_predictions is not None:
-        export_predictions(items, evaluation.scores, export_stereoset_predictions)
-        typer.echo(f"official-format predictions: {export_stereoset_predictions}", err=True)
+    V.warn_unused_files(files, read=_files_read(config.parts), why=f"suite {suite} does not "
+                        "read it")
+    with sentence_length_limit(max_sentence_tokens), \
+            V.claimed_output(out, overwrite=overwrite), \
+            V.claimed_output(export_stereoset_predictions, overwrite=overwrite,
+                             option="--export-stereoset-predictions"):
+        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        if stamp is not None:
+            Stamp.from_pretrained(stamp, loaded)
+            config.edited_ids, config.retention_trained_ids = read_edited_ids(stamp)
+            config.stamp = str(stamp)
+        evaluation = evaluate(loaded, config, max_batch_tokens=batch_tokens)
+        items = evaluation.items["stereoset"]
+        if export_stereoset_predictions is not None and not all(
+                i.stereo_id and i.anti_id and i.unrelated_id for i in items):
+            raise FairstampError("--export-stereoset-predictions needs StereoSet items with "
+                                 "sentence ids (a --bias-file has none)")
+        write_run(evaluation, out, overwrite=overwrite)
+        if export_stereoset_predictions is not None:
+            export_predictions(items, evaluation.scores, export_stereoset_predictions)
+            typer.echo(f"official-format predictions: {export_stereoset_predictions}", err=True)
     print_summary(evaluation.metrics)
     typer.echo(f"report: {out / 'report.md'}", err=True)
 
@@ -159,6 +176,18 @@ def parse_transfer_limits(value: str | None) -> dict[str, int]:
                                  f"{', '.join(TRANSFER_LIMITS)}, got {part!r}")
         out[name] = int(number)
     return out
+
+
+#: The file options each suite part reads.
+_PART_FILES = {"stereoset": ("--stereoset-file", "--bias-file"),
+               "paraphrase": ("--stereoset-file", "--bias-file", "--paraphrase-file"),
+               "edited": ("--stereoset-file", "--bias-file"),
+               "held_out": ("--stereoset-file", "--bias-file"),
+               "crows": ("--crows-file",), "retention": ("--retention-file",)}
+
+
+def _files_read(parts: tuple[str, ...]) -> set[str]:
+    return {option for part in parts for option in _PART_FILES.get(part, ())}
 
 
 def _str(path: Path | None) -> str | None:
