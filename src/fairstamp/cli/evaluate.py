@@ -153,27 +153,24 @@ def eval_command(
 
 
 def parse_limits(value: str | None) -> dict[str, int]:
-    """`boolq=500,wikitext2=0` → {"boolq": 500, "wikitext2": 0}."""
+    """`boolq=500,wikitext2=0` → {"boolq": 500, "wikitext2": 0} (--general-limits)."""
     from fairstamp.metrics.general import DEFAULT_LIMITS  # torch: not at CLI import time
 
-    out: dict[str, int] = {}
-    for part in split_list(value) or []:
-        name, _, number = part.partition("=")
-        if name not in DEFAULT_LIMITS or not number.isdigit():
-            raise FairstampError(f"--general-limits: expected NAME=N with NAME in "
-                                 f"{', '.join(DEFAULT_LIMITS)}, got {part!r}")
-        out[name] = int(number)
-    return out
+    return _name_numbers(value, DEFAULT_LIMITS, "--general-limits")
 
 
 def parse_transfer_limits(value: str | None) -> dict[str, int]:
     """`bbq=100,bold=0` → {"bbq": 100, "bold": 0} (--transfer-limits)."""
+    return _name_numbers(value, TRANSFER_LIMITS, "--transfer-limits")
+
+
+def _name_numbers(value: str | None, names, option: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in split_list(value) or []:
         name, _, number = part.partition("=")
-        if name not in TRANSFER_LIMITS or not number.isdigit():
-            raise FairstampError(f"--transfer-limits: expected NAME=N with NAME in "
-                                 f"{', '.join(TRANSFER_LIMITS)}, got {part!r}")
+        if name not in names or not number.isdigit():
+            raise FairstampError(f"{option}: expected NAME=N with NAME in "
+                                 f"{', '.join(names)}, got {part!r}")
         out[name] = int(number)
     return out
 
