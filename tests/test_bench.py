@@ -182,5 +182,5 @@ def test_the_table_shows_transfer_columns_only_when_a_row_has_them():
     table = markdown_table([plain, row_of("fast", metrics, {})])
     header, _, ideal, first, second = table.splitlines()
     assert "| CrowS | BBQ s_AMB | BOLD gender gap | RS unseen |" in header
-    assert "WinoBias" not in header
+    assert "WinoBias" not in header and "| 50 | 0 | 0 |" in ideal
     assert "| 12.5 | 12.5 | 0.042 |" in second and "| 12.5 | – | – |" in first

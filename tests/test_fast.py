@@ -78,6 +78,16 @@ def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
     assert result.stamp.config.training["steps"] == 30
 
 
+def test_each_check_is_a_log_line_when_no_progress_bar_is_drawn(tiny_tokenizer, items, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fairstamp.training.loop"):
+        fit(tiny_tokenizer, items)  # progress=False
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 3/6", "step 6/6"]
+    assert "SS " in lines[0] and "generic KL" in lines[0]
+
+
 def test_the_best_check_is_kept(tiny_tokenizer, items):
     loaded, result = fit(tiny_tokenizer, items, max_steps=12, check_every=2, lr=0.2)
     kept = result.summary()["final"]

@@ -139,7 +139,9 @@ def before_after_plots(metrics: Mapping[str, Any], folder: Path,
         out["Training: edited items' SS and loss terms"] = "plots/training.png"
     if trace is not None:
         P.layer_profiles({c: list(v) for c, v in trace.average.items()},
-                         folder / "layer_profile.png", highlight=metrics["layer"],
+                         folder / "layer_profile.png", chosen=metrics["layer"],
+                         chosen_label=f"stamp layer, {metrics.get('layer_source', 'chosen')}",
+                         peak=trace.decisive_layer("mlp") if "mlp" in trace.components else None,
                          title=f"Bias causal trace (mean restored share of the gap) — {name}")
         out["Bias causal trace: effect per layer"] = "plots/layer_profile.png"
     return out

@@ -135,9 +135,10 @@ _COMPONENT_NAMES = {"mlp": "MLP", "attn": "attention", "resid": "residual stream
 
 
 def layer_profiles(profiles: Mapping[str, Sequence[float | None]], path: Path, *, title: str,
-                   highlight: int | None = None) -> Path:
+                   peak: int | None = None, chosen: int | None = None,
+                   chosen_label: str = "stamp layer") -> Path:
     """Effect per layer, one line per traced component (`profiles[component][layer]`), with the
-    decisive layer marked."""
+    traced peak (the decisive MLP layer) and the layer chosen for an edit marked apart."""
     plt = _pyplot()
     n_layers = max((len(v) for v in profiles.values()), default=0)
     fig, ax = plt.subplots(figsize=(max(5.5, 0.22 * n_layers + 2.5), 3.6))
@@ -146,9 +147,12 @@ def layer_profiles(profiles: Mapping[str, Sequence[float | None]], path: Path, *
         ax.plot(range(len(ys)), ys, marker="o", markersize=3, linewidth=1.4,
                 color=_COMPONENT_COLORS.get(component, "#7f7f7f"),
                 label=_COMPONENT_NAMES.get(component, component))
-    if highlight is not None:
-        ax.axvline(highlight, color="black", linestyle=":", linewidth=1,
-                   label=f"decisive layer ({highlight})")
+    if peak is not None:
+        ax.axvline(peak, color="#d62728", linestyle="--", linewidth=1,
+                   label=f"traced peak, MLP ({peak})")
+    if chosen is not None:
+        ax.axvline(chosen, color="black", linestyle=":", linewidth=1,
+                   label=f"{chosen_label} ({chosen})")
     ax.axhline(0, color="#999999", linewidth=0.6)
     ax.set_xlabel("layer")
     ax.set_ylabel("share of the gap restored")

@@ -51,7 +51,7 @@ def trace_plots(record: dict[str, Any], folder: Path, *, result: Any) -> dict[st
     decisive = result.decisive_layer("mlp") if "mlp" in result.components else None
     layer_profiles(record["average"], folder / "layer_profile.png",
                    title=f"Bias tracing: {record['model']} ({len(result.item_ids)} items)",
-                   highlight=decisive)
+                   peak=decisive)
     plots = {LAYER_PROFILE: f"{PLOTS}/layer_profile.png"}
     for n, heatmap in enumerate(result.heatmaps):
         for component, effects in heatmap.effects.items():

@@ -74,7 +74,7 @@ from fairstamp.scoring.batching import length_batches
 from fairstamp.scoring.pairs import bias_loss, pair_gaps, pair_sums, stereotype_percent
 from fairstamp.scoring.scorer import LowerLayerCache, Scorer
 from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
-from fairstamp.utils.progress import progress_bar
+from fairstamp.utils.progress import progress_bar, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,7 @@ def train_at_layer(
         start = time.perf_counter()
         gap_history: list[float] = []
         best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
+        bar = progress_enabled(progress)
         with progress_bar(config.max_steps, trainable.description, progress) as advance:
             for step in range(1, config.max_steps + 1):
                 chosen = pair_order.take(config.batch_pairs)
@@ -348,7 +349,9 @@ def train_at_layer(
                     status = (f"SS {ss:.1f}  bias {terms['bias_loss']:.3f}  "
                               f"retention KL {terms['retention_kl']:.4f}  "
                               f"generic KL {terms['generic_kl']:.4f}")
-                    log.debug("step %d: %s", step, status)
+                    # Without a progress bar (CI, nohup, a log file) each check is a log line.
+                    (log.debug if bar else log.info)("step %d/%d: %s", step, config.max_steps,
+                                                     status)
                     if step >= config.min_steps and _should_stop(ss, gap_history, config):
                         result.stopped = "converged"
                         advance(config.max_steps - step + 1, status=status)
