@@ -97,7 +97,7 @@ def test_crows_suite(tmp_path, tiny_model_dir, capsys):
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
-        (None, ["--suite", "nope"], "unknown suite 'nope'"),
+        (None, ["--suite", "nope"], "--suite 'nope': choose one of biascope"),
         (None, ["--bias-types", "gender,colour"], "colour"),
         ('{"id": "r1", "bias_type": "gender", "group": "women", "true": "A.", "false": "A."}\n',
          ["--retention-file", "{file}"], "identical"),
@@ -149,5 +149,5 @@ def test_a_data_dir_that_does_not_exist_is_refused(tmp_path, tiny_model_dir, cap
     code, _, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
                         "--data-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "g")],
                        capsys)
-    assert code == 2 and "typo: no such folder (--data-dir)" in err
+    assert code == 2 and f"--data-dir {tmp_path / 'typo'}: no such folder" in err
     assert not (tmp_path / "g").exists()

@@ -106,12 +106,19 @@ def test_ctrl_c_exits_130_says_what_was_interrupted_and_writes_nothing(tmp_path,
     proc = subprocess.Popen([*EXE, "score", "--model", str(tiny_model_dir), "-o", str(out)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    lock = tmp_path / ".scores.jsonl.lock"
+    lock = tmp_path / ".scores.jsonl.claim"
     deadline = time.monotonic() + 120
     while not lock.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert lock.exists(), proc.stderr.read() if proc.poll() is not None else "no claim"
-    proc.send_signal(signal.SIGINT)
+    # stdin stays open until the process has ended: closing it would end the input instead.
+    for _ in range(3):  # a signal that lands inside a C call is acted on when it returns
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == ("interrupted: fairstamp score stopped before it "
@@ -257,7 +264,7 @@ def test_a_second_run_on_a_claimed_output_is_refused_at_once(tmp_path, capsys, t
 def test_claims_are_reentrant_and_refuse_an_existing_output(tmp_path):
     out = tmp_path / "a" / "b" / "run"
     with claim_output(out):
-        assert (tmp_path / "a" / "b" / ".run.lock").is_file()
+        assert (tmp_path / "a" / "b" / ".run.claim").is_file()
         with staging_dir(out) as stage:  # the same process: its own claim
             (stage / "x").write_text("1")
     assert sorted(p.name for p in out.parent.iterdir()) == ["run"]

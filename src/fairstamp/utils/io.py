@@ -80,9 +80,10 @@ def _key(path: Path) -> Path:
 
 
 def claim_lock_path(final: str | os.PathLike[str]) -> Path:
-    """The lock file that claims `final`: `.NAME.lock` beside it."""
+    """The lock file that claims `final`: `.NAME.claim` beside it (not `.NAME.lock`, which
+    other locks, e.g. the model cache's conversion lock, already use)."""
     final = _key(Path(final))
-    return final.with_name(f".{final.name}.lock")
+    return final.with_name(f".{final.name}.claim")
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -145,7 +146,7 @@ def claim_output(final: str | os.PathLike[str], *, overwrite: bool = False,
     """Claim `final` for this process for the block: another process claiming it is refused at
     once (`OutputClaimedError`), and an existing `final` is refused unless `overwrite` (or
     `exist_ok`, for a run that resumes in it). The claim is a non-blocking `flock` on
-    `.NAME.lock` beside `final`, removed at the end; parent folders it had to create are removed
+    `.NAME.claim` beside `final`, removed at the end; parent folders it had to create are removed
     again when nothing was written. Re-entrant within a process."""
     final = Path(final)
     key = _key(final)
