@@ -103,9 +103,12 @@ def test_an_internal_error_is_one_line_and_exit_1_with_the_traceback_behind_debu
 def test_ctrl_c_exits_130_says_what_was_interrupted_and_writes_nothing(tmp_path, tiny_model_dir):
     out = tmp_path / "scores.jsonl"
     # `score` reading stdin waits for input: interrupt it there, once it has claimed its output.
+    # A background job of a non-interactive shell (`make test &`) inherits SIGINT ignored, and
+    # Python then keeps it ignored: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([*EXE, "score", "--model", str(tiny_model_dir), "-o", str(out)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lock = tmp_path / ".scores.jsonl.claim"
     deadline = time.monotonic() + 120
     while not lock.exists() and time.monotonic() < deadline and proc.poll() is None:
