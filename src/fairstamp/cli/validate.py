@@ -199,10 +199,12 @@ def check_layer_option(layer: int | None, model: str, cache_dir: Path | None) ->
     """`--layer N` against the model's layer range, from its config alone."""
     if layer is None:
         return
-    n = peek_layers(model, cache_dir)
-    if not 0 <= layer < n:
-        raise FairstampError(f"--layer {layer} is out of range: {model} has {n} layers "
-                             f"(0-{n - 1})")
+    from fairstamp.models.archspec import LayerRangeError, check_layer
+
+    try:
+        check_layer(layer, peek_layers(model, cache_dir), model)
+    except LayerRangeError as exc:
+        raise FairstampError(f"--{exc}") from None
 
 
 def load_model(model: str, *, cache_dir: Path | None, device: str | None) -> Any:
