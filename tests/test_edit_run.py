@@ -86,3 +86,25 @@ def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_pat
     assert metrics["held_out"]["every_item_unedited"] is True
     assert metrics["held_out"]["n_items"] == 20
     assert "every item is on a target it never saw" in (out / "report.md").read_text()
+
+
+def test_a_run_with_no_held_out_target_says_why_instead_of_dropping_the_row(tiny_model_dir,
+                                                                            tmp_path):
+    import json
+
+    from conftest import SHARED_DATA
+    from fairstamp.reporting.before_after import comparison_rows
+
+    run = tmp_path / "run"
+    assert run_cli(["debias", "--model", tiny_model_dir, "--data-dir", SHARED_DATA,
+                    "--bootstrap", "10", "--bias-types", "gender", "--limit", "20", "--layer",
+                    "1", "--suite", "biascope", "--max-steps", "2", "--width", "4",
+                    "--held-out-fraction", "0", "--out", run]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    held_out = metrics["after"]["metrics"]["held_out"]
+    assert held_out["n_items"] == 0 and "ss" not in held_out
+    assert held_out["empty"].startswith("every one of the ")
+    row = next(r for r in comparison_rows(metrics) if r[0] == "SS on held-out targets")
+    assert row[2:4] == ("–", "–") and row[4].startswith("none: every one of the")
+    assert "| SS on held-out targets | 50 | – | – | none: every one of the" in \
+        (run / "report.md").read_text()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED_DATA, build_tiny_model
+from fairstamp.bench.runner import BenchConfig, run_bench
 from fairstamp.cli import validate as V
 from fairstamp.cli.main import main
 from fairstamp.data.bias_file import load_bias_file
@@ -492,3 +493,18 @@ def test_a_stereoset_context_without_blank_is_refused(tmp_path):
     path.write_text(json.dumps({"version": "x", "data": {"intrasentence": examples}}))
     with pytest.raises(DataError, match=r"intrasentence\[1\] .*has no BLANK"):
         load_stereoset(path)
+
+
+def test_bench_workers_read_with_the_parents_sentence_length_limit(tiny_model_dir, tmp_path):
+    """Each bench method runs in its own process; its readers must refuse what the parent's
+    would (here a lower limit than the default), not fall back to the default."""
+    data = write_jsonl(tmp_path / "bias.jsonl", [
+        item(0), item(1, target="father"), item(2, "The nurse was " + "very " * 2000 + "kind.",
+                                                 target="nurse")])
+    config = BenchConfig(model=str(tiny_model_dir), methods=["fast"], data=str(data), suite="biascope",
+                         n_resamples=10, n_generic=8, data_dir=str(SHARED_DATA))
+    with sentence_length_limit(64), pytest.raises(FairstampError, match="original model failed"):
+        run_bench(config, tmp_path / "bench", isolate=True, progress=False)
+    failure = json.loads((tmp_path / "bench" / "failed" / "original.json").read_text())
+    assert f"{data}:3: field 'stereo' is 10,019 characters long, over the limit of 8,192" in \
+        failure["error"]

@@ -31,6 +31,7 @@ from typing import Any
 
 from fairstamp.bench.folder import CONFIG_NAME, ORIGINAL, is_done, method_folder
 from fairstamp.bench.table import write_results
+from fairstamp.data.validate import max_sentence_tokens
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.suite import evaluate
 from fairstamp.methods import Edit, EditContext, get_method, method_class
@@ -138,7 +139,8 @@ def _check_or_write_config(config: BenchConfig, out: Path) -> None:
 
 
 def _run_isolated(out: Path, name: str) -> bool:
-    command = [sys.executable, "-m", "fairstamp.bench.worker", str(out), name]
+    command = [sys.executable, "-m", "fairstamp.bench.worker", str(out), name,
+               str(max_sentence_tokens())]
     return subprocess.run(command, check=False).returncode == 0
 
 

@@ -39,6 +39,9 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str
         b = (before.get(section) or {}).get(key)
         a = (after.get(section) or {}).get(key)
         if not (a or b):
+            empty = (after.get(section) or {}).get("empty")
+            if empty:  # a section with nothing to score says why
+                rows.append((label, ideal, "–", "–", f"none: {empty}"))
             continue
         b_mv, a_mv = (b or {}).get("overall"), (a or {}).get("overall")
         rows.append((label, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv)))

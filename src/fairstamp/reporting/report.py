@@ -161,7 +161,9 @@ def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
                   + (" None of its edited items is in this bias set: every item is on a target "
                      "it never saw (held-out SS covers all of them)."
                      if held_out.get("every_item_unedited") else ""), ""]
-    if held_out:
+    if held_out.get("empty"):
+        lines += [f"Held-out SS: none, {held_out['empty']}.", ""]
+    elif held_out:
         lines += [f"Held-out SS: {held_out.get('n_items', held_out['ss']['overall']['n'])} items "
                   f"on {held_out['n_targets']} targets no edit saw.", ""]
     rows = metric_rows(metrics)
@@ -223,6 +225,9 @@ def print_summary(results: Mapping[str, Any]) -> None:
         for label, ideal, values in rows:
             table.add_row(label, ideal, *[values.get(c, "–") for c in cols])
         out.print(table)
+    empty = (metrics.get("held_out") or {}).get("empty")
+    if empty:
+        out.print(f"Held-out SS: none, {empty}.")
     grows = general_rows(metrics)
     if grows:
         table = Table(title="General ability")

@@ -148,3 +148,9 @@ class HeldOutPart(BiasItemPart):
             }
             if edited_ids and len(held_out) == len(items):
                 context.metrics["held_out"]["every_item_unedited"] = True
+        else:  # said in the reports, rather than a row that silently disappears
+            n_targets = len({(i.bias_type, i.target) for i in items})
+            context.metrics["held_out"] = {"n_items": 0, "n_targets": 0, "empty": (
+                f"every one of the {n_targets} targets has edited items" if edited_ids else
+                f"the seeded split (held-out fraction {config.held_out_fraction:g}) holds out "
+                f"none of the {n_targets} targets")}
