@@ -46,17 +46,22 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict]) -> str
              "cross-validation by target", "",
              "Command: `python benchmarks/generalisation.py` (each recipe: one stamp per fold, "
              "trained on the other folds' targets; every item scored by the stamp that never "
-             "saw its target; SS/LMS pooled over all items, 95% bootstrap CIs).", "",
-             "| recipe | settings | held-out SS before | held-out SS after | moved to 50 | "
-             "held-out LMS before | after | fit s (all folds) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "saw its target; SS/LMS pooled over all items, 95% bootstrap CIs; the change's CI is "
+             "paired: items resampled with both of their scores; – where not recorded).", "",
+             "| recipe | settings | held-out SS before | held-out SS after | change [paired CI] | "
+             "moved to 50 | held-out LMS before | after | fit s (all folds) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         cv = r["cross_validation"]
         b, a = cv["before"]["ss"]["overall"], cv["after"]["ss"]["overall"]
         moved = (abs(b["value"] - 50) - abs(a["value"] - 50)) / max(abs(b["value"] - 50), 1e-9)
         settings = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default"
         fit_s = sum(f["fit_seconds"] for f in cv["per_fold"])
-        lines.append(f"| {name} | {settings} | {fmt(b)} | {fmt(a)} | {100 * moved:.0f}% | "
+        change = (cv.get("change") or {}).get("ss")
+        change_text = "–" if change is None else (
+            "{value:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}]".format(**change["overall"]))
+        lines.append(f"| {name} | {settings} | {fmt(b)} | {fmt(a)} | {change_text} | "
+                     f"{100 * moved:.0f}% | "
                      f"{fmt(cv['before'].get('lms', {}).get('overall'))} | "
                      f"{fmt(cv['after'].get('lms', {}).get('overall'))} | {fit_s:.0f} |")
     types = sorted({t for r in rows.values()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
 
 from conftest import SHARED_DATA
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
-from fairstamp.data.counterfactual import group_swap, subject_pairs
+from fairstamp.data.counterfactual import group_swap, subject_pairs, target_substitutions
 from fairstamp.data.items import BiasItem
 from fairstamp.data.stereoset import load_stereoset
 from fairstamp.data.training_text import framed_pairs, training_pairs
@@ -119,3 +121,49 @@ def test_a_stamp_trains_on_subject_suffixes_and_the_scores_read_only_them(tiny_t
                                         max_steps=2, check_every=2, batch_pairs=8, batch_kl=4,
                                         framings=1, min_steps=100))
     assert result.stamp.config.training["subject_score"] == "suffix"
+
+
+def test_target_augmentation_keeps_sex_number_and_the_items_own_pairs_first():
+    swap = group_swap(WORDS, ["gender"])
+    items = [item("m", "gender", "mother", "The mother was caring.", "The mother was harsh."),
+             item("g", "gender", "gentlemen", "Gentlemen are polite.", "Gentlemen are rude."),
+             item("s", "gender", "schoolgirl", "Schoolgirls are shy.", "Schoolgirls are loud."),
+             item("h", "gender", "herself", "She sees herself as weak.",
+                  "She sees herself as strong.")]
+    out = target_substitutions(items, swap, 3, seed=1)
+    by_item = {}
+    for stereo, anti, item_id in out:
+        by_item.setdefault(item_id, []).append((stereo, anti))
+    assert set(by_item) == {"m", "g", "s"}  # a pronoun target is never replaced
+    female = {w for w in swap.table if swap.table[w][0] == "gender" and swap.table[w][2] == 1}
+    for stereo, anti in by_item["m"]:
+        word = stereo.split()[1]
+        assert word in female and word != "mother" and anti == f"The {word} was harsh."
+        assert not word.endswith("s")  # singular stays singular
+    for stereo, _ in by_item["g"]:
+        assert swap.table[stereo.split()[0].lower()][2] == 0  # male, and plural like the target
+    assert all(s.split()[0].lower().endswith(("s", "men")) for s, _ in by_item["s"])
+    assert all(s[0].isupper() for s, _ in by_item["s"])  # the sentence's case is kept
+    assert target_substitutions(items, swap, 3, seed=1) == out  # seeded
+    assert len({s for s, _ in by_item["m"]}) == 3  # drawn without replacement
+
+    pairs, trained, first = training_pairs(items, 1, "attribute", swap, seed=1, augment=3)
+    assert pairs[:8] == framed_pairs(items, 1) and pairs[8:] == out
+    assert trained == list(range(len(pairs))) and first == len(pairs)
+    with pytest.raises(FairstampError, match="needs the group words"):
+        training_pairs(items, 1, "attribute", None, augment=3)
+
+
+def test_a_swap_without_held_out_targets_never_writes_them():
+    swap = group_swap(WORDS, ["gender"])
+    held = swap.without(["mother", "gentlemen"])
+    for word in ("mother", "mothers", "father", "gentlemen", "gentleman"):
+        assert word not in held.table
+    assert held.source is swap and swap.without(["not-a-group-word"]) is swap
+    items = [item("s", "gender", "sister", "My sister is caring.", "My sister is cold.")]
+    written = " ".join(a for a, _, _ in target_substitutions(items, held, 40)).lower().split()
+    assert written and not {"mother", "mothers", "father"} & set(written)
+    # A target whose counterpart was dropped keeps its sex through the source swap.
+    items = [item("f", "gender", "father", "The father is strong.", "The father is weak.")]
+    assert target_substitutions(items, held, 2)
+    assert held.counterfactual("The father is strong.", Random(0)) is None

@@ -61,6 +61,28 @@ def test_cross_validation_restores_the_model_and_pools_every_item(tiny_tokenizer
     assert held[0] | held[1] == {f"gender:{i.target}" for i in items}
     assert all(r["n_edit"] + r["n_held_out"] == len(items) for r in cv["per_fold"])
     assert "lms" in cv["after"]
+    # The change is after − before on the same items, its CI from paired resamples.
+    change = cv["change"]["ss"]["overall"]
+    assert change["value"] == pytest.approx(cv["after"]["ss"]["overall"]["value"]
+                                            - cv["before"]["ss"]["overall"]["value"])
+    assert change["ci_low"] <= change["value"] <= change["ci_high"]
+
+
+def test_the_paired_change_of_ss_has_a_narrower_ci_than_either_ss():
+    from fairstamp.metrics.bias import stereotype_score, stereotype_score_change
+
+    items = load_stereoset(bias_types=["gender"], limit=80)
+    before = {s: 0.0 for i in items for s in (i.stereo, i.anti)}
+    for n, i in enumerate(items):
+        before[i.stereo] = 1.0 if n % 10 else -1.0  # 90% stereotyped
+    after = dict(before)
+    for i in items[1::20]:
+        after[i.stereo] = -1.0  # 4 of them no longer: the same items, mostly unchanged
+    change = stereotype_score_change(items, before, after, n_resamples=300).overall
+    assert change.value == pytest.approx(-5.0)
+    ss_after = stereotype_score(items, after, n_resamples=300).overall
+    assert change.ci_high - change.ci_low < 0.8 * (ss_after.ci_high - ss_after.ci_low)
+    assert stereotype_score_change(items, before, before, n_resamples=50).overall.value == 0.0
 
 
 def test_debias_with_folds_reports_cross_validated_held_out_ss(tiny_model_dir, tmp_path):

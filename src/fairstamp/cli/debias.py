@@ -79,6 +79,10 @@ def debias_command(
         help="What a subject-swap pair's gap reads: sentence (each whole sentence's per-token "
         "mean) or suffix (only the tokens after the swapped group words).")]
     = FIT["subject_score"],
+    augment_targets: Annotated[int, typer.Option(
+        min=0, help="Train each gender pair again with its target replaced by up to this many "
+        "other gender nouns of the same sex and number, never a held-out target (docs/fast.md, "
+        "Target augmentation).")] = FIT["augment_targets"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -130,7 +134,8 @@ def debias_command(
                         lr_final=lr_final, max_steps=max_steps, check_every=check_every,
                         batch_pairs=batch_pairs, balance_types=balance_types,
                         framings=framings, train_vocab=train_vocab, pairs=pairs,
-                        subject_score=subject_score, seed=seed)
+                        subject_score=subject_score, augment_targets=augment_targets,
+                        seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,

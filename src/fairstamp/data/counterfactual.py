@@ -9,6 +9,13 @@
   targets need); other bias types replace the item's target with another *edited* target of the
   same bias type (so a held-out target never appears by name), falling back to the word swap when
   the sentence does not name its target.
+- `target_substitutions`: for FAST's target augmentation [ours; docs/fast.md, "Target
+  augmentation"], each edited gender pair again with its target replaced by other gender nouns
+  of the same sex and number, "The mother was caring." / "The mother was
+  harsh." → "The aunt was caring." / "The aunt was harsh.", so the stamp meets the bias on group
+  words it is not edited on.
+- `AttributeSwap.without(words)`: the swap with every tuple naming one of `words` dropped, so that
+  the counterfactual text of an edit never names a held-out target.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ class AttributeSwap:
                     self.table[word] = (bias_type, words, position)
         if not self.table:
             raise DataError("no attribute words to swap")
+        #: The swap this one was made from by `without` (itself when none): it still knows the
+        #: excluded words' bias type and position.
+        self.source: AttributeSwap = self
         alternatives = "|".join(re.escape(w) for w in sorted(self.table, key=len, reverse=True))
         self.pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
@@ -55,6 +65,20 @@ class AttributeSwap:
     def from_file(cls, path: str | Path, bias_types: Sequence[str], *,
                   needed_by: str = "CDA") -> AttributeSwap:
         return cls(load_attribute_words(path, bias_types, needed_by=needed_by))
+
+    def without(self, words: Sequence[str]) -> AttributeSwap:
+        """This swap less every tuple that names one of `words` in any of its `inflections`;
+        itself when none does."""
+        avoid = {form for w in words if w for form in inflections(w.casefold())}
+        if not avoid & set(self.table):
+            return self
+        tuples: dict[str, list[tuple[str, ...]]] = {}
+        for bias_type, words_, _ in self.table.values():
+            if not avoid & set(words_) and words_ not in tuples.setdefault(bias_type, []):
+                tuples[bias_type].append(words_)
+        kept = AttributeSwap({t: g for t, g in tuples.items() if g})
+        kept.source = self.source
+        return kept
 
     def has_attribute(self, sentence: str) -> bool:
         return self.pattern.search(sentence) is not None
@@ -129,4 +153,91 @@ def subject_pairs(items: Sequence[BiasItem], swap: AttributeSwap | None, *, seed
                 counterfactual = swap.counterfactual(sentence, random.Random(digest))
             if counterfactual and counterfactual != sentence:
                 out.append((sentence, counterfactual, item.id))
+    return out
+
+
+#: Gender words that are not nouns a target can be replaced by (pronouns, titles, adjectives).
+GENDER_NON_NOUNS = frozenset({
+    "he", "she", "him", "her", "his", "hers", "himself", "herself", "sir", "ma'am", "miss",
+    "mr.", "mrs.", "ms.", "male", "female", "males", "females"})
+
+
+def inflections(word: str) -> set[str]:
+    """`word` with the English plural and singular forms a group noun may take (-s, -es,
+    -y/-ies, -f(e)/-ves, -man/-men), in both directions; over-generating is harmless."""
+    forms = {word, word + "s", word + "es"}
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    if word.endswith("ies"):
+        forms.add(word[:-3] + "y")
+    if word.endswith("ves"):
+        forms |= {word[:-3] + "f", word[:-3] + "fe"}
+    if word.endswith(("f", "fe")):
+        forms.add(word.rstrip("e")[:-1] + "ves")
+    if word.endswith("es"):
+        forms.add(word[:-2])
+    if word.endswith("s") and not word.endswith("ss"):
+        forms.add(word[:-1])
+    if word.endswith("man"):
+        forms.add(word[:-3] + "men")
+    if word.endswith("men"):
+        forms.add(word[:-3] + "man")
+    return forms
+
+
+def _is_plural(word: str, vocabulary: set[str]) -> bool:
+    """Whether `word` is the plural of another word of `vocabulary` (-s, -es, -ies, -ves,
+    -men); a word in -ss is singular."""
+    if word.endswith("ss"):
+        return False
+    if word.endswith("men"):
+        return word[:-3] + "man" in vocabulary
+    return word.endswith("s") and bool((inflections(word) - {word, word + "s", word + "es"})
+                                       & vocabulary)
+
+
+def _gender_nouns(swap: AttributeSwap) -> dict[tuple[int, bool], list[str]]:
+    """The gender nouns a target may become: (sex, plural) → words, where sex is the word's
+    position in its bias-bench pair (male, female)."""
+    vocabulary = set(swap.source.table)
+    pools: dict[tuple[int, bool], list[str]] = {}
+    for word in sorted(swap.table):
+        bias_type, _, position = swap.table[word]
+        if bias_type == "gender" and word not in GENDER_NON_NOUNS:
+            pools.setdefault((position, _is_plural(word, vocabulary)), []).append(word)
+    return pools
+
+
+def target_substitutions(items: Sequence[BiasItem], swap: AttributeSwap, n: int, *,
+                         seed: int = 0) -> list[tuple[str, str, str]]:
+    """(stereo, anti, item id): each gender item's pair with its target replaced, in both
+    sentences, by up to `n` gender nouns of `swap` of the target's sex (its position in
+    bias-bench's pair) and number, so that pronouns and the stereotype still agree; drawn without
+    replacement, seeded by item. Items of other bias types (whose group words mix group names
+    with places and things), and items whose target is not a gender noun of `swap` or is not
+    named in both sentences, get none. A swap made `without` some words never names them."""
+    if n <= 0:
+        return []
+    pools = _gender_nouns(swap)
+    vocabulary = set(swap.source.table)
+    out = []
+    for item in items:
+        target = item.target.casefold()
+        entry = swap.source.table.get(target)  # a target's sex, even when its pair was excluded
+        if item.bias_type != "gender" or entry is None or entry[0] != "gender" \
+                or target in GENDER_NON_NOUNS:
+            continue
+        position = entry[2]
+        pattern = _target_pattern(item.target)
+        found = [pattern.search(s) for s in (item.stereo, item.anti)]
+        if not all(found):
+            continue
+        plural = _is_plural(target, vocabulary) or bool(found[0].group(2))
+        pool = [w for w in pools.get((position, plural), []) if w != target]
+        rng = random.Random(hashlib.sha256(f"{seed}\x1faugment\x1f{item.id}".encode()).digest())
+        for word in rng.sample(pool, min(n, len(pool))):
+            # The match's plural ending is dropped: `word` already has the match's number.
+            def put(m: re.Match, w: str = word) -> str:
+                return same_case(m.group(1), w)
+            out.append((pattern.sub(put, item.stereo), pattern.sub(put, item.anti), item.id))
     return out

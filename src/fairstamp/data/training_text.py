@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
-from fairstamp.data.counterfactual import AttributeSwap, group_swap, subject_pairs
+from fairstamp.data.counterfactual import (
+    AttributeSwap,
+    group_swap,
+    subject_pairs,
+    target_substitutions,
+)
 from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.data.locations import WIKITEXT2_VALID, data_root, require
 from fairstamp.data.retention import load_retention
@@ -83,12 +88,20 @@ class TrainingPairs(NamedTuple):
 
 
 def training_pairs(items: Sequence[BiasItem], n_framings: int, kind: str = "attribute",
-                   swap: AttributeSwap | None = None, *, seed: int = 0) -> TrainingPairs:
-    """The pairs training equalises: the attribute pairs with their framings, the subject-swap
-    pairs with theirs, or both (after the items' own pairs, which the SS checks score)."""
+                   swap: AttributeSwap | None = None, *, seed: int = 0,
+                   augment: int = 0) -> TrainingPairs:
+    """The pairs training equalises: the attribute pairs with their framings (and, with
+    `augment` > 0, each gender pair with its target replaced by up to `augment` other gender
+    nouns of `swap`), the subject-swap pairs with theirs, or both (after the items' own pairs,
+    which the SS checks score)."""
     if kind not in PAIR_KINDS:
         raise FairstampError(f"pairs must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+    if augment and swap is None:
+        raise FairstampError("target augmentation needs the group words (bias-bench's attribute "
+                             "words in the public data folder)")
     attribute = framed_pairs(items, n_framings)
+    if augment and kind != "subject":
+        attribute += target_substitutions(items, swap, augment, seed=seed)
     if kind == "attribute":
         return TrainingPairs(attribute, list(range(len(attribute))), len(attribute))
     plain = subject_pairs(items, swap, seed=seed)

@@ -177,6 +177,24 @@ def stereotype_score(
                               n_resamples=n_resamples, seed=seed)
 
 
+def stereotype_score_change(
+    items: Sequence[BiasItem],
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> Breakdown:
+    """SS after − SS before on the same items (points), with a *paired* bootstrap CI: each
+    resample draws items and keeps both of their scores, so the CI is of the change itself,
+    much narrower than either SS's own CI when the change is consistent across items."""
+    items = _nonempty(items, "SS change")
+    change = 100.0 * (stereotype_flags(items, after).astype(np.float64)
+                      - stereotype_flags(items, before).astype(np.float64))
+    return _breakdown([it.bias_type for it in items], lambda idx: float(change[idx].mean()),
+                      n_resamples=n_resamples, seed=seed)
+
+
 def crows_pairs_score(
     items: Sequence[BiasItem],
     scores: Mapping[str, float],

@@ -102,8 +102,17 @@ def cross_validation_rows(cv: Mapping[str, Any] | None
         for name in ("overall", *a.get("by_type", {})):
             b_mv = b["overall"] if name == "overall" else b["by_type"].get(name)
             a_mv = a["overall"] if name == "overall" else a["by_type"].get(name)
-            rows.append((label, name, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv)))
+            change = (cv.get("change") or {}).get(key)  # with its paired CI, when recorded
+            c_mv = (change["overall"] if name == "overall" else
+                    change["by_type"].get(name)) if change else None
+            rows.append((label, name, ideal, fmt(b_mv), fmt(a_mv),
+                         _signed(c_mv) if c_mv else _delta(b_mv, a_mv)))
     return rows
+
+
+def _signed(mv: Mapping[str, Any]) -> str:
+    """A change with its CI: "-2.7 [-5.1, -0.4]"."""
+    return f"{mv['value']:+.1f} [{mv['ci_low']:+.1f}, {mv['ci_high']:+.1f}]"
 
 
 def before_after_plots(metrics: Mapping[str, Any], folder: Path,

@@ -142,7 +142,8 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     clock = time.perf_counter()
     fit = fit_stamp(loaded, setup.edit, layer, retention_sentences=setup.retention_sentences,
                     generic_sentences=setup.generic_sentences,
-                    generic_passages=setup.generic_passages, group_swap=setup.group_swap,
+                    generic_passages=setup.generic_passages,
+                    group_swap=setup.swap_for(setup.edit),
                     config=config.fit,
                     progress=progress)
     seconds["fit"] = time.perf_counter() - clock

@@ -5,7 +5,8 @@ type's targets). For each fold, a method is fitted on the items of the other fol
 the items of this fold's targets are scored; the edit is then taken off. Every target is held out
 exactly once, so the pooled held-out scores cover every item, and "before" is the original model
 on the same items. SS and LMS are pooled over all items with bootstrap CIs, overall and per bias
-type. The layer, training text and seed are the edit run's own; only the items change. Cost: K
+type, and the change of SS with a paired bootstrap CI (items resampled with both of their
+scores). The layer, training text and seed are the edit run's own; only the items change. Cost: K
 fits plus one scoring pass over the items per fold (docs/fast.md, "Cross-validation by target").
 """
 
@@ -21,7 +22,12 @@ from fairstamp.data.items import BiasItem
 from fairstamp.data.splits import target_key
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.methods.base import Edit, EditContext
-from fairstamp.metrics.bias import language_modeling_score, sentences_to_score, stereotype_score
+from fairstamp.metrics.bias import (
+    language_modeling_score,
+    sentences_to_score,
+    stereotype_score,
+    stereotype_score_change,
+)
 from fairstamp.scoring import Scorer
 from fairstamp.utils.repro import seed_everything
 
@@ -100,6 +106,8 @@ def cross_validate(
         "reduction": "mean",
         "before": _pooled(items, before, n_resamples, seed),
         "after": _pooled(items, after, n_resamples, seed),
+        "change": {"ss": stereotype_score_change(items, before, after, n_resamples=n_resamples,
+                                                 seed=seed).to_dict()},
         "per_fold": records,
     }
 

@@ -49,7 +49,17 @@ class EditSetup:
             layer=layer, retention_sentences=self.retention_sentences,
             generic_sentences=self.generic_sentences, generic_passages=self.generic_passages,
             data_root=self.data_root, cache_dir=Path(cache_dir) if cache_dir else None,
-            seed=seed, progress=progress, group_swap=self.group_swap)
+            seed=seed, progress=progress,
+            group_swap=self.swap_for(self.edit if items is None else items))
+
+    def swap_for(self, items: list[BiasItem]) -> AttributeSwap | None:
+        """The group words an edit of `items` may write (subject swaps, target augmentation):
+        never a target of this setup's other items, which are held out from that edit."""
+        if self.group_swap is None:
+            return None
+        edited = {i.target.casefold() for i in items}
+        return self.group_swap.without(sorted({i.target for i in self.items
+                                               if i.target.casefold() not in edited}))
 
 
 def prepare_edit(config: EditRunConfig) -> EditSetup:

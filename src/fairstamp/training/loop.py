@@ -12,6 +12,8 @@ projection. Everything below is shared by both.
   default; subject swaps; or both; data/training_text.py). A subject-swap pair's gap reads the
   whole sentences (`subject_score="sentence"`) or only the tokens after the swapped group words
   ("suffix": the pair's common token suffix; pairs without one are not trained on).
+  `augment_targets` adds each gender pair again with its target replaced by other gender nouns
+  of the same sex and number (data/counterfactual.py), never a held-out target.
 - L_s1 (knowledge of the same groups) and L_s2 (general text): KL(original ‖ stamped) of the
   next-token distributions at every position. Each step draws `batch_kl` short sentences (group
   sentences for L_s1 and generic sentences for L_s2, mixed) and `batch_passages` generic passages
@@ -116,6 +118,7 @@ class LoopSettings:
     train_vocab: str = "auto"  # "seen": the training text's tokens + the original's top-k
     pairs: str = "attribute"  # which pairs L_e equalises: attribute | subject | both
     subject_score: str = "sentence"  # what a subject pair's gap reads: sentence | suffix
+    augment_targets: int = 0  # each gender pair again with up to this many other gender nouns
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,6 +141,8 @@ class LoopSettings:
         if self.train_vocab not in TRAIN_VOCABS:
             raise FairstampError(f"train_vocab must be one of {', '.join(TRAIN_VOCABS)}, got "
                                  f"{self.train_vocab!r}")
+        if self.augment_targets < 0:
+            raise FairstampError(f"augment_targets must be >= 0, got {self.augment_targets}")
         if self.check_every < 0:
             raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
                                  f"{self.check_every}")
@@ -242,6 +247,9 @@ def train_at_layer(
     if config.pairs != "attribute" and group_swap is None:
         raise FairstampError(f"pairs={config.pairs!r} needs the group words to swap (bias-bench's "
                              "attribute words in the public data folder)")
+    if config.augment_targets and group_swap is None:
+        raise FairstampError("augment_targets needs the group words (bias-bench's attribute words "
+                             "in the public data folder)")
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
@@ -250,7 +258,8 @@ def train_at_layer(
     generator = torch.Generator().manual_seed(config.seed)
 
     pairs, trained, first_subject = training_pairs(items, config.framings, config.pairs,
-                                                   group_swap, seed=config.seed)
+                                                   group_swap, seed=config.seed,
+                                                   augment=config.augment_targets)
     pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
     n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
     group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
