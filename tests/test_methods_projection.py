@@ -315,3 +315,27 @@ def test_self_debias_needs_a_prefix_for_each_bias_type(tiny_tokenizer):
         context(loaded, bias_types=["left-handedness"]))
     assert edit.info["prefixes"] == ["Offensive text: "]
     edit.restore(loaded)
+
+
+def test_self_debias_generates_through_the_one_generation_path(tiny_tokenizer):
+    """BOLD and `fairstamp generate` decode with `generate_batch`; under Self-Debias the wrapper
+    gets unpadded batches of one prompt length, and its text is the wrapper's own decoding."""
+    from fairstamp.stamp.generation import generate_batch
+
+    loaded = tiny(tiny_tokenizer, "llama")
+    prompts = ["The nurse said that", "He", "The doctor said", "The chess player was"]
+    plain = generate_batch(loaded, prompts, max_new_tokens=5)
+    edit = get_method("self_debias", decay_constant=500.0).fit(context(loaded))
+    batched = generate_batch(loaded, prompts, max_new_tokens=5, batch_size=4)
+    alone = [generate_batch(loaded, [p], max_new_tokens=5)[0] for p in prompts]
+    assert batched == alone and all(batched)
+    scorer = Scorer.from_loaded(loaded)
+    for prompt, text in zip(prompts, batched):  # each the wrapper's own greedy decoding
+        ids = torch.tensor([scorer.encode(prompt)])
+        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                    max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert loaded.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == text
+    sampled = generate_batch(loaded, prompts, max_new_tokens=5, sample=True, seed=2)
+    assert sampled == generate_batch(loaded, prompts, max_new_tokens=5, sample=True, seed=2)
+    edit.restore(loaded)
+    assert generate_batch(loaded, prompts, max_new_tokens=5) == plain
