@@ -65,7 +65,11 @@ def test_quick_runs_a_small_transfer_suite_and_the_table_shows_it_before_and_aft
     metrics = {"before": {"metrics": {"transfer": {"winobias": {"gap": mv}}}},
                "after": {"metrics": {"transfer": {"winobias": {"gap": {**mv, "value": 52.5}}}}}}
     assert ("WinoBias pro − anti gap (points)", "0", "60.0 [55.0, 65.0]", "52.5 [55.0, 65.0]",
-            "-7.5") in comparison_rows(metrics)
+            "-7.5", "10") in comparison_rows(metrics)
+    held = {"held_out": {"ss": {"overall": {**mv, "n": 28}}, "n_items": 28, "n_targets": 1}}
+    rows = comparison_rows({"before": {"metrics": held}, "after": {"metrics": held}})
+    assert rows == [("SS on held-out targets", "50", "60.0 [55.0, 65.0]", "60.0 [55.0, 65.0]",
+                     "+0.0", "28 (1 target)")]
 
 
 def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_path):
@@ -106,5 +110,6 @@ def test_a_run_with_no_held_out_target_says_why_instead_of_dropping_the_row(tiny
     assert held_out["empty"].startswith("every one of the ")
     row = next(r for r in comparison_rows(metrics) if r[0] == "SS on held-out targets")
     assert row[2:4] == ("–", "–") and row[4].startswith("none: every one of the")
+    assert row[5] == "0"
     assert "| SS on held-out targets | 50 | – | – | none: every one of the" in \
         (run / "report.md").read_text()

@@ -501,8 +501,9 @@ def test_bench_workers_read_with_the_parents_sentence_length_limit(tiny_model_di
     data = write_jsonl(tmp_path / "bias.jsonl", [
         item(0), item(1, target="father"), item(2, "The nurse was " + "very " * 2000 + "kind.",
                                                  target="nurse")])
-    config = BenchConfig(model=str(tiny_model_dir), methods=["fast"], data=str(data), suite="biascope",
-                         n_resamples=10, n_generic=8, data_dir=str(SHARED_DATA))
+    config = BenchConfig(model=str(tiny_model_dir), methods=["fast"], data=str(data),
+                         suite="biascope", n_resamples=10, n_generic=8,
+                         data_dir=str(SHARED_DATA))
     with sentence_length_limit(64), pytest.raises(FairstampError, match="original model failed"):
         run_bench(config, tmp_path / "bench", isolate=True, progress=False)
     failure = json.loads((tmp_path / "bench" / "failed" / "original.json").read_text())

@@ -31,8 +31,10 @@ def _general_values(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping | Non
     return rows
 
 
-def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(metric, ideal, before, after, change) for every overall number present in either run."""
+def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(metric, ideal, before, after, change, n) for every overall number present in either run;
+    n is how many units the number and its CI come from (items, pairs; perplexity: windows),
+    with the targets of held-out SS."""
     before, after = metrics["before"]["metrics"], metrics["after"]["metrics"]
     rows = []
     for section, key, label, ideal in METRIC_ROWS:
@@ -41,25 +43,35 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str
         if not (a or b):
             empty = (after.get(section) or {}).get("empty")
             if empty:  # a section with nothing to score says why
-                rows.append((label, ideal, "–", "–", f"none: {empty}"))
+                rows.append((label, ideal, "–", "–", f"none: {empty}", "0"))
             continue
         b_mv, a_mv = (b or {}).get("overall"), (a or {}).get("overall")
-        rows.append((label, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv)))
+        targets = (after.get(section) or {}).get("n_targets") if section == "held_out" else None
+        rows.append((label, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv),
+                     _count(a_mv or b_mv, targets)))
     for (label, b_mv, ideal), (_, a_mv, _) in zip(_general_values(before),
                                                    _general_values(after)):
         if b_mv is None and a_mv is None:
             continue
         digits = 2 if "perplexity" in label else 1
         rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
-                     _delta(b_mv, a_mv, digits, relative="perplexity" in label)))
+                     _delta(b_mv, a_mv, digits, relative="perplexity" in label),
+                     _count(a_mv or b_mv)))
     for (part, key), (label, ideal) in TRANSFER_HEADLINES.items():
         b_mv, a_mv = transfer_value(before, part, key), transfer_value(after, part, key)
         if b_mv is None and a_mv is None:
             continue
         digits = transfer_digits(part, key)
         rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
-                     _delta(b_mv, a_mv, digits)))
+                     _delta(b_mv, a_mv, digits), _count(a_mv or b_mv)))
     return rows
+
+
+def _count(mv: Mapping[str, Any] | None, targets: int | None = None) -> str:
+    if not mv or mv.get("n") is None:
+        return ""
+    text = f"{mv['n']:,}"
+    return text + (f" ({targets} target{'' if targets == 1 else 's'})" if targets else "")
 
 
 def _delta(b: Mapping | None, a: Mapping | None, digits: int = 1, relative: bool = False) -> str:
@@ -178,8 +190,9 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
     if metrics.get("crows_training"):
         lines += ["**Edited on CrowS-Pairs** (explicit opt-in): its data statement asks that it "
                   "not be used to train models.", ""]
-    lines += ["## Before and after", "", "| metric | ideal | before | after | change |",
-              "|---|---|---|---|---|"]
+    lines += ["## Before and after", "", "n: the items (pairs; perplexity: text windows) each "
+              "number and its CI come from.", "",
+              "| metric | ideal | before | after | change | n |", "|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in comparison_rows(metrics)]
     per_type = per_type_rows(metrics)
     if per_type:
@@ -223,13 +236,16 @@ def print_before_after(metrics: Mapping[str, Any]) -> None:
 
     table = Table(title=f"FAST on {metrics['model']['name']}: layer {metrics['layer']}, "
                   f"{metrics['n_edited']} items edited")
-    for column in ("metric", "ideal", "before", "after", "change"):
+    for column in ("metric", "ideal", "before", "after", "change", "n"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in comparison_rows(metrics):
         table.add_row(*row)
-    for label, bias_type, ideal, before, after, change in cross_validation_rows(
-            metrics.get("cross_validation")):
-        if bias_type == "overall" or len(metrics["cross_validation"]["after"]["ss"]["by_type"]) > 1:
+    cv = metrics.get("cross_validation")
+    for label, bias_type, ideal, before, after, change in cross_validation_rows(cv):
+        if bias_type == "overall" or len(cv["after"]["ss"]["by_type"]) > 1:
             name = label if bias_type == "overall" else f"{label} — {bias_type}"
-            table.add_row(name, ideal, before, after, change)
+            by_type = cv["after"]["ss"]["by_type"]
+            n = (cv["n_items"] if bias_type == "overall"
+                 else by_type.get(bias_type, {}).get("n", ""))
+            table.add_row(name, ideal, before, after, change, f"{n:,}" if n != "" else "")
     console().print(table)
