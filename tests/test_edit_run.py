@@ -89,7 +89,10 @@ def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_pat
     assert "edited" not in metrics
     assert metrics["held_out"]["every_item_unedited"] is True
     assert metrics["held_out"]["n_items"] == 20
-    assert "every item is on a target it never saw" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "every item is on a target it never saw" in report
+    n_targets = metrics["held_out"]["n_targets"]
+    assert f"| 20 ({n_targets} target{'' if n_targets == 1 else 's'}) |" in report
 
 
 def test_a_run_with_no_held_out_target_says_why_instead_of_dropping_the_row(tiny_model_dir,

@@ -48,6 +48,20 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, dict[str, st
     return rows
 
 
+def metric_counts(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """label → how many items (pairs) the overall number of `metric_rows` comes from, with the
+    targets of held-out SS."""
+    counts = {}
+    for section, key, label, _ in METRIC_ROWS:
+        part = metrics.get(section) or {}
+        overall = (part.get(key) or {}).get("overall") or {}
+        if overall.get("n") is not None:
+            targets = part.get("n_targets") if section == "held_out" else None
+            counts[label] = f"{overall['n']:,}" + (
+                f" ({targets} target{'' if targets == 1 else 's'})" if targets else "")
+    return counts
+
+
 def general_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(label, value, ideal) for the general-ability metrics present."""
     general = metrics.get("general") or {}
@@ -169,12 +183,13 @@ def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
     rows = metric_rows(metrics)
     if rows:
         cols = _columns(rows)
+        counts = metric_counts(metrics)
         lines += ["## Bias and knowledge", "",
-                  "| metric | ideal | " + " | ".join(cols) + " |",
-                  "|---|---|" + "---|" * len(cols)]
+                  "| metric | ideal | " + " | ".join(cols) + " | n (overall) |",
+                  "|---|---|" + "---|" * (len(cols) + 1)]
         for label, ideal, values in rows:
             lines.append(f"| {label} | {ideal} | " + " | ".join(values.get(c, "–") for c in cols)
-                         + " |")
+                         + f" | {counts.get(label, '')} |")
         lines.append("")
     grows = general_rows(metrics)
     if grows:
