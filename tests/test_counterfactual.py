@@ -152,6 +152,8 @@ def test_target_augmentation_keeps_sex_number_and_the_items_own_pairs_first():
     assert trained == list(range(len(pairs))) and first == len(pairs)
     with pytest.raises(FairstampError, match="needs the group words"):
         training_pairs(items, 1, "attribute", None, augment=3)
+    with pytest.raises(FairstampError, match="not subject"):
+        training_pairs(items, 1, "subject", swap, augment=3)
 
 
 def test_a_swap_without_held_out_targets_never_writes_them():

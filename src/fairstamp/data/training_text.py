@@ -100,7 +100,10 @@ def training_pairs(items: Sequence[BiasItem], n_framings: int, kind: str = "attr
         raise FairstampError("target augmentation needs the group words (bias-bench's attribute "
                              "words in the public data folder)")
     attribute = framed_pairs(items, n_framings)
-    if augment and kind != "subject":
+    if augment and kind == "subject":
+        raise FairstampError("target augmentation copies attribute pairs: use it with pairs="
+                             "attribute or both, not subject")
+    if augment:
         attribute += target_substitutions(items, swap, augment, seed=seed)
     if kind == "attribute":
         return TrainingPairs(attribute, list(range(len(attribute))), len(attribute))

@@ -143,6 +143,9 @@ class LoopSettings:
                                  f"{self.train_vocab!r}")
         if self.augment_targets < 0:
             raise FairstampError(f"augment_targets must be >= 0, got {self.augment_targets}")
+        if self.augment_targets and self.pairs == "subject":
+            raise FairstampError("augment_targets copies attribute pairs: use it with pairs="
+                                 "attribute or both, not subject")
         if self.check_every < 0:
             raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
                                  f"{self.check_every}")
