@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fairstamp.methods import get_method
 from fairstamp.models import load
+from fairstamp.reporting.report import fmt_change
 from fairstamp.runs.config import EditRunConfig, choose_layer
 from fairstamp.runs.folds import cross_validate
 from fairstamp.runs.setup import prepare_edit
@@ -58,8 +59,7 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict]) -> str
         settings = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default"
         fit_s = sum(f["fit_seconds"] for f in cv["per_fold"])
         change = (cv.get("change") or {}).get("ss")
-        change_text = "–" if change is None else (
-            "{value:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}]".format(**change["overall"]))
+        change_text = "–" if change is None else fmt_change(change["overall"])
         lines.append(f"| {name} | {settings} | {fmt(b)} | {fmt(a)} | {change_text} | "
                      f"{100 * moved:.0f}% | "
                      f"{fmt(cv['before'].get('lms', {}).get('overall'))} | "

@@ -99,10 +99,10 @@ def training_pairs(items: Sequence[BiasItem], n_framings: int, kind: str = "attr
     if augment and swap is None:
         raise FairstampError("target augmentation needs the group words (bias-bench's attribute "
                              "words in the public data folder)")
-    attribute = framed_pairs(items, n_framings)
     if augment and kind == "subject":
         raise FairstampError("target augmentation copies attribute pairs: use it with pairs="
                              "attribute or both, not subject")
+    attribute = framed_pairs(items, n_framings)
     if augment:
         attribute += target_substitutions(items, swap, augment, seed=seed)
     if kind == "attribute":

@@ -11,6 +11,8 @@ from fairstamp.reporting.report import (
     TRANSFER_HEADLINES,
     flat,
     fmt,
+    fmt_change,
+    fmt_count,
     transfer_digits,
     transfer_value,
 )
@@ -48,7 +50,7 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str
         b_mv, a_mv = (b or {}).get("overall"), (a or {}).get("overall")
         targets = (after.get(section) or {}).get("n_targets") if section == "held_out" else None
         rows.append((label, ideal, fmt(b_mv), fmt(a_mv), _delta(b_mv, a_mv),
-                     _count(a_mv or b_mv, targets)))
+                     fmt_count(a_mv or b_mv, targets)))
     for (label, b_mv, ideal), (_, a_mv, _) in zip(_general_values(before),
                                                    _general_values(after)):
         if b_mv is None and a_mv is None:
@@ -56,22 +58,15 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str
         digits = 2 if "perplexity" in label else 1
         rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
                      _delta(b_mv, a_mv, digits, relative="perplexity" in label),
-                     _count(a_mv or b_mv)))
+                     fmt_count(a_mv or b_mv)))
     for (part, key), (label, ideal) in TRANSFER_HEADLINES.items():
         b_mv, a_mv = transfer_value(before, part, key), transfer_value(after, part, key)
         if b_mv is None and a_mv is None:
             continue
         digits = transfer_digits(part, key)
         rows.append((label, ideal, fmt(b_mv, digits), fmt(a_mv, digits),
-                     _delta(b_mv, a_mv, digits), _count(a_mv or b_mv)))
+                     _delta(b_mv, a_mv, digits), fmt_count(a_mv or b_mv)))
     return rows
-
-
-def _count(mv: Mapping[str, Any] | None, targets: int | None = None) -> str:
-    if not mv or mv.get("n") is None:
-        return ""
-    text = f"{mv['n']:,}"
-    return text + (f" ({targets} target{'' if targets == 1 else 's'})" if targets else "")
 
 
 def _delta(b: Mapping | None, a: Mapping | None, digits: int = 1, relative: bool = False) -> str:
@@ -118,13 +113,8 @@ def cross_validation_rows(cv: Mapping[str, Any] | None
             c_mv = (change["overall"] if name == "overall" else
                     change["by_type"].get(name)) if change else None
             rows.append((label, name, ideal, fmt(b_mv), fmt(a_mv),
-                         _signed(c_mv) if c_mv else _delta(b_mv, a_mv)))
+                         fmt_change(c_mv) if c_mv else _delta(b_mv, a_mv)))
     return rows
-
-
-def _signed(mv: Mapping[str, Any]) -> str:
-    """A change with its CI: "-2.7 [-5.1, -0.4]"."""
-    return f"{mv['value']:+.1f} [{mv['ci_low']:+.1f}, {mv['ci_high']:+.1f}]"
 
 
 def before_after_plots(metrics: Mapping[str, Any], folder: Path,
@@ -244,8 +234,7 @@ def print_before_after(metrics: Mapping[str, Any]) -> None:
     for label, bias_type, ideal, before, after, change in cross_validation_rows(cv):
         if bias_type == "overall" or len(cv["after"]["ss"]["by_type"]) > 1:
             name = label if bias_type == "overall" else f"{label} — {bias_type}"
-            by_type = cv["after"]["ss"]["by_type"]
-            n = (cv["n_items"] if bias_type == "overall"
-                 else by_type.get(bias_type, {}).get("n", ""))
-            table.add_row(name, ideal, before, after, change, f"{n:,}" if n != "" else "")
+            ss = cv["after"]["ss"]
+            table.add_row(name, ideal, before, after, change, fmt_count(
+                ss["overall"] if bias_type == "overall" else ss["by_type"].get(bias_type)))
     console().print(table)

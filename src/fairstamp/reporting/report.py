@@ -36,6 +36,20 @@ def fmt(mv: Mapping[str, Any] | None, digits: int = 1) -> str:
     return f"{mv['value']:.{digits}f} [{mv['ci_low']:.{digits}f}, {mv['ci_high']:.{digits}f}]"
 
 
+def fmt_change(mv: Mapping[str, Any]) -> str:
+    """A change with its CI, signed: "-2.7 [-5.1, -0.4]"."""
+    return f"{mv['value']:+.1f} [{mv['ci_low']:+.1f}, {mv['ci_high']:+.1f}]"
+
+
+def fmt_count(mv: Mapping[str, Any] | None, targets: int | None = None) -> str:
+    """How many units a number comes from ("1,160"), with its targets where given
+    ("28 (1 target)"); "" when `mv` records none."""
+    if not mv or mv.get("n") is None:
+        return ""
+    return f"{mv['n']:,}" + (f" ({targets} target{'' if targets == 1 else 's'})"
+                             if targets else "")
+
+
 def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
     """(label, ideal, {column: formatted}) for every bias metric present; columns are
     'overall' and the bias types."""
@@ -54,11 +68,8 @@ def metric_counts(metrics: Mapping[str, Any]) -> dict[str, str]:
     counts = {}
     for section, key, label, _ in METRIC_ROWS:
         part = metrics.get(section) or {}
-        overall = (part.get(key) or {}).get("overall") or {}
-        if overall.get("n") is not None:
-            targets = part.get("n_targets") if section == "held_out" else None
-            counts[label] = f"{overall['n']:,}" + (
-                f" ({targets} target{'' if targets == 1 else 's'})" if targets else "")
+        targets = part.get("n_targets") if section == "held_out" else None
+        counts[label] = fmt_count((part.get(key) or {}).get("overall"), targets)
     return counts
 
 

@@ -250,9 +250,6 @@ def train_at_layer(
     if config.pairs != "attribute" and group_swap is None:
         raise FairstampError(f"pairs={config.pairs!r} needs the group words to swap (bias-bench's "
                              "attribute words in the public data folder)")
-    if config.augment_targets and group_swap is None:
-        raise FairstampError("augment_targets needs the group words (bias-bench's attribute words "
-                             "in the public data folder)")
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
