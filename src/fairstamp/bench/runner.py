@@ -13,6 +13,13 @@ run resumes where it stopped):
 
 By default each method runs in its own process (`python -m fairstamp.bench.worker`), so that its
 peak memory is its own and a crash or an out-of-memory kill loses only that method.
+
+Under `accelerate launch` (several processes) the bench must run in process (`--in-process`):
+every process fits each method itself (fits are not sharded) and the evaluations are sharded
+over the processes (`evaluate`); the main process alone writes the folder, runs the
+cross-validation and writes the table, and the others wait for it after each method. A method
+that fails stops the run there (a process that failed alone would leave the others waiting); the
+same command resumes it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from fairstamp.runs.config import EditRunConfig, check_given_layer, choose_layer
 from fairstamp.runs.debias import edit_layer
 from fairstamp.runs.folds import cross_validate
 from fairstamp.runs.setup import EditSetup, prepare_edit
+from fairstamp.utils.distributed import current_processes
 from fairstamp.utils.io import atomic_write_json
 from fairstamp.utils.repro import library_versions, seed_everything
 
@@ -88,7 +96,9 @@ class BenchConfig(EditRunConfig):
     def shared(self) -> dict[str, Any]:
         """What must not change between the runs that fill one folder (methods may be added)."""
         out = self.to_dict()
-        for key in ("methods", "options", "device", "max_batch_tokens", "cache_dir"):
+        # Where the model runs does not change the numbers beyond float noise; its dtype does.
+        for key in ("methods", "options", "device", "max_batch_tokens", "cache_dir",
+                    "device_map", "max_memory", "offload_folder"):
             out.pop(key)
         return out
 
@@ -96,9 +106,18 @@ class BenchConfig(EditRunConfig):
 def run_bench(config: BenchConfig, out: str | Path, *, isolate: bool = True,
               progress: bool | None = None) -> dict[str, Any]:
     """Evaluate the original and every method into `out` (resuming a started run) and write the
-    results table; returns results.json's content."""
+    results table; returns results.json's content (under `accelerate launch`: on the main
+    process; the others return {})."""
     out = Path(out)
-    _check_or_write_config(config, out)
+    processes = current_processes()
+    if processes.sharded and isolate:
+        raise FairstampError(f"fairstamp bench under {processes.count} processes needs "
+                             f"--in-process: its worker processes cannot share the launch")
+    if processes.is_main:
+        _check_or_write_config(config, out)
+    processes.wait()
+    if not processes.is_main:
+        _check_or_write_config(config, out, write=False)
     names = [ORIGINAL, *config.methods]
     for position, name in enumerate(names):
         if is_done(out, name):
@@ -108,15 +127,16 @@ def run_bench(config: BenchConfig, out: str | Path, *, isolate: bool = True,
                  "evaluating the original model" if name == ORIGINAL else "fitting + evaluating")
         clock = time.perf_counter()
         ok = (_run_isolated(out, name) if isolate else _run_here(out, name, config, progress))
+        processes.wait()  # the main process has written what the next method reads
         if not ok and name == ORIGINAL:
             raise FairstampError(f"evaluating the original model failed; see "
                                  f"{out / 'failed' / 'original.json'}")
         log.info("%s %s in %.0f s", name, "finished" if ok else "FAILED",
                  time.perf_counter() - clock)
-    return write_results(out, config)
+    return write_results(out, config) if processes.is_main else {}
 
 
-def _check_or_write_config(config: BenchConfig, out: Path) -> None:
+def _check_or_write_config(config: BenchConfig, out: Path, *, write: bool = True) -> None:
     path = out / CONFIG_NAME
     if path.is_file():
         earlier = json.loads(path.read_text())
@@ -132,10 +152,12 @@ def _check_or_write_config(config: BenchConfig, out: Path) -> None:
         merged = {**earlier, "methods": list(dict.fromkeys([*earlier.get("methods", []),
                                                            *config.methods])),
                   "options": {**earlier.get("options", {}), **config.options}}
-        atomic_write_json(path, merged)
+        if write:
+            atomic_write_json(path, merged)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, config.to_dict())
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, config.to_dict())
 
 
 def _run_isolated(out: Path, name: str) -> bool:
@@ -145,11 +167,15 @@ def _run_isolated(out: Path, name: str) -> bool:
 
 
 def _run_here(out: Path, name: str, config: BenchConfig, progress: bool | None) -> bool:
+    processes = current_processes()
     try:
         run_one(out, name, config, progress=progress, isolated=False)
         return True
-    except Exception as exc:  # recorded, and the next method runs
-        record_failure(out, name, exc)
+    except Exception as exc:  # recorded, and the next method runs (one process only)
+        if processes.is_main:
+            record_failure(out, name, exc)
+        if processes.sharded:
+            raise
         return False
 
 
@@ -184,7 +210,8 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
             isolated: bool = True) -> Path:
     """Fit one method (or none, for the original) and evaluate it into its folder."""
     seed_everything(config.seed)
-    loaded = load(config.model, cache_dir=config.cache_dir, device=config.device)
+    loaded = load(config.model, cache_dir=config.cache_dir, device=config.device,
+                  **config.placement())
     context, setup = context_for(config, loaded, progress)
     reference = None
     result: dict[str, Any] = {"method": name, "layer": context.layer,
@@ -205,11 +232,14 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
     result["peak_scope"] = ("this method's own process (model load + fit)" if isolated else
                             "the whole process so far (not isolated)")
     clock = time.perf_counter()
-    evaluation = evaluate(loaded, setup.eval_config, progress=progress, bias_items=setup.items,
-                          reference_predictions=reference,
-                          max_batch_tokens=config.max_batch_tokens)
+    processes = current_processes()
+    evaluation = evaluate(loaded, setup.eval_config.placed(loaded), progress=progress,
+                          bias_items=setup.items, reference_predictions=reference,
+                          max_batch_tokens=config.max_batch_tokens, processes=processes)
     result["eval_seconds"] = round(time.perf_counter() - clock, 2)
     folder = method_folder(out, name)
+    if not processes.is_main:  # under accelerate launch the main process writes (and folds)
+        return folder
     with run_folder(folder, overwrite=True) as written:
         written.evaluation("", evaluation.metrics, evaluation.predictions)
         if edit is not None:

@@ -12,12 +12,24 @@ from fairstamp.bench.table import print_results
 from fairstamp.cli import options as O
 from fairstamp.cli import validate as V
 from fairstamp.cli.evaluate import parse_limits, parse_transfer_limits
-from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.cli.options import (
+    DEFAULT,
+    DEFAULT_DTYPE,
+    BatchTokensOpt,
+    CacheDirOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    OffloadFolderOpt,
+)
 from fairstamp.data.bias_sets import load_bias_set
 from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.config import SUITES
 from fairstamp.runs.config import defaults
+from fairstamp.utils.distributed import current_processes
 
 RUN = defaults(BenchConfig)  # where every default below is written
 BIAS_TYPES = O.comma_list(RUN["bias_types"])
@@ -71,13 +83,18 @@ def bench_command(
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Fit every named method on the same edit-side items (same layer, text and seed), evaluate
     each with the same BiaScope suite, and write results.md / results.json with a trade-off plot
     (|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again. `--quick`
     shortens the general suite (and the trace of an argmax layer rule); each method's own
     training length is its option (e.g. --option fast.max_steps=60)."""
-    V.check_device(device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
     V.check_data(data)
     V.check_input_folder(data_dir, "--data-dir")
     V.check_choice(suite, SUITES, "--suite")
@@ -90,14 +107,22 @@ def bench_command(
         transfer_limits=parse_transfer_limits(transfer_limits), n_resamples=bootstrap,
         data_dir=str(data_dir.resolve()) if data_dir else None,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None, device=device,
-        max_batch_tokens=batch_tokens, options=parse_options(option))
+        max_batch_tokens=batch_tokens, options=parse_options(option), dtype=dtype,
+        device_map=placement["device_map"], max_memory=placement["max_memory"],
+        offload_folder=(str(Path(placement["offload_folder"]).resolve())
+                        if placement["offload_folder"] else None))
     if quick:
         config = config.quick()
     # A bench folder is resumed, not replaced: an existing one is fine, one in use is refused.
-    with sentence_length_limit(max_sentence_tokens), V.claimed_output(out, exist_ok=True):
+    # Under `accelerate launch` (with --in-process) the main process alone claims and writes.
+    writes = current_processes().is_main
+    with sentence_length_limit(max_sentence_tokens), \
+            V.claimed_output(out if writes else None, exist_ok=True):
         V.check_layer_option(layer, model, cache_dir)  # from the model's config alone
         load_bias_set(config.data, config.bias_types, config.limit)  # read and validated first
         results = run_bench(config, out, isolate=not in_process)
+    if not writes:
+        return
     print_results(results)
     typer.echo(f"results: {out / 'results.md'}", err=True)
 

@@ -10,7 +10,18 @@ import typer
 from fairstamp.cli import options as O
 from fairstamp.cli import validate as V
 from fairstamp.cli.evaluate import parse_limits, parse_transfer_limits
-from fairstamp.cli.options import DEFAULT, BatchTokensOpt, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.cli.options import (
+    DEFAULT,
+    DEFAULT_DTYPE,
+    BatchTokensOpt,
+    CacheDirOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    OffloadFolderOpt,
+)
 from fairstamp.data.bias_sets import load_bias_set
 from fairstamp.data.training_text import PAIR_KINDS, SUBJECT_SCORES
 from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
@@ -20,6 +31,7 @@ from fairstamp.reporting.before_after import print_before_after
 from fairstamp.runs.config import defaults
 from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
 from fairstamp.stamp.module import READS
+from fairstamp.utils.distributed import current_processes
 
 RUN, FIT = defaults(DebiasConfig), defaults(FitConfig)  # where every default below is written
 BIAS_TYPES = O.comma_list(RUN["bias_types"])
@@ -111,6 +123,10 @@ def debias_command(
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Debias a model with one fairness stamp: trace the bias to its decisive layer, train a
     stamp there on the edit side of the items, evaluate the model before and after on BiaScope
@@ -123,11 +139,15 @@ def debias_command(
     V.check_choice(subject_score, SUBJECT_SCORES, "--subject-score")
     V.check_positive(lr, "--lr")
     V.check_non_negative(weight_decay, "--weight-decay")
-    V.check_device(device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
     V.check_data(data)
     V.check_input_folder(data_dir, "--data-dir")
+    # Under `accelerate launch` every process runs the job (its evaluations sharded); the main
+    # one alone writes.
+    writes = current_processes().is_main
     with sentence_length_limit(max_sentence_tokens), \
-            V.claimed_output(out, overwrite=overwrite):
+            V.claimed_output(out if writes else None, overwrite=overwrite):
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay,
                         retention_weight=retention_weight, generic_weight=generic_weight,
                         keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
@@ -144,14 +164,18 @@ def debias_command(
             general_limits=parse_limits(general_limits),
             transfer_limits=parse_transfer_limits(transfer_limits), n_resamples=bootstrap,
             data_dir=str(data_dir) if data_dir else None,
-            allow_crows_training=allow_crows_training, fit=fit)
+            allow_crows_training=allow_crows_training, fit=fit, dtype=dtype,
+            device_map=placement["device_map"], max_memory=placement["max_memory"],
+            offload_folder=placement["offload_folder"])
         if quick:
             config = config.quick()
         V.check_layer_option(layer, model, cache_dir)  # from the model's config alone
         items = load_bias_set(config.data, config.bias_types, config.limit)  # read, validated
-        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        loaded = V.load_model(model, cache_dir=cache_dir, **placement)
         V.check_item_lengths(items, data, loaded.tokenizer)
         result = debias(loaded, config, max_batch_tokens=batch_tokens)
+        if not writes:
+            return
         write_debias_run(result, out, overwrite=overwrite)
     print_before_after(result.metrics())
     typer.echo(f"stamp and report: {out} (report.md)", err=True)

@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import typer
 
-from fairstamp.cli.options import DEFAULT, CacheDirOpt, DeviceOpt, ModelOpt
+from fairstamp.cli import validate as V
+from fairstamp.cli.options import (
+    DEFAULT,
+    DEFAULT_DTYPE,
+    CacheDirOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    OffloadFolderOpt,
+)
 from fairstamp.data.examples import EXAMPLE_PAIRS
-from fairstamp.models import load
 from fairstamp.reporting.text import console, pair_diff
 from fairstamp.scoring import Scorer
 
 
 def demo(model: ModelOpt = DEFAULT, cache_dir: CacheDirOpt = None,
-         device: DeviceOpt = None) -> None:
+         device: DeviceOpt = None, device_map: DeviceMapOpt = None,
+         max_memory: MaxMemoryOpt = None, offload_folder: OffloadFolderOpt = None,
+         dtype: DtypeOpt = DEFAULT_DTYPE) -> None:
     """Score the built-in example pairs (stereotypes and facts about the same groups) and show
     which sentence of each pair the model prefers, by per-token mean log-probability."""
     from rich.table import Table  # rich.style draws from `random` when imported
     from rich.text import Text
 
-    loaded = load(model, cache_dir=cache_dir, device=device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
+    loaded = V.load_model(model, cache_dir=cache_dir, **placement)
     scorer = Scorer.from_loaded(loaded)
     sentences = [s for p in EXAMPLE_PAIRS for s in (p.first, p.second)]
     scores = scorer.score(sentences, description="scoring examples").mean

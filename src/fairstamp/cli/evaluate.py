@@ -10,11 +10,16 @@ import typer
 from fairstamp.cli import validate as V
 from fairstamp.cli.options import (
     DEFAULT,
+    DEFAULT_DTYPE,
     BatchTokensOpt,
     CacheDirOpt,
+    DeviceMapOpt,
     DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
     MaxSentenceTokens,
     ModelOpt,
+    OffloadFolderOpt,
     split_list,
 )
 from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
@@ -93,6 +98,10 @@ def eval_command(
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Evaluate a model: bias (SS, PS, held-out SS, CrowS), knowledge about the same groups (DS,
     RS), general ability (perplexity, known_1000, downstream accuracy) and bias on benchmarks no
@@ -102,10 +111,12 @@ def eval_command(
     from fairstamp.evaluation.suite import evaluate
     from fairstamp.runs.debias import read_edited_ids
     from fairstamp.stamp import Stamp
+    from fairstamp.utils.distributed import current_processes
 
     # Everything is checked, and the outputs claimed, before any model work.
     V.check_choice(suite, SUITES, "--suite")
-    V.check_device(device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
     files = {"--stereoset-file": stereoset_file, "--crows-file": crows_file,
              "--bias-file": bias_file, "--retention-file": retention_file,
              "--paraphrase-file": paraphrase_file}
@@ -129,11 +140,14 @@ def eval_command(
                              f"(not {suite!r})")
     V.warn_unused_files(files, read=_files_read(config.parts), why=f"suite {suite} does not "
                         "read it")
+    # Under `accelerate launch` every process evaluates its share; the main one alone writes.
+    writes = current_processes().is_main
     with sentence_length_limit(max_sentence_tokens), \
-            V.claimed_output(out, overwrite=overwrite), \
-            V.claimed_output(export_stereoset_predictions, overwrite=overwrite,
-                             option="--export-stereoset-predictions"):
-        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+            V.claimed_output(out if writes else None, overwrite=overwrite), \
+            V.claimed_output(export_stereoset_predictions if writes else None,
+                             overwrite=overwrite, option="--export-stereoset-predictions"):
+        loaded = V.load_model(model, cache_dir=cache_dir, **placement)
+        config.placed(loaded)
         if stamp is not None:
             Stamp.from_pretrained(stamp, loaded)
             config.edited_ids, config.retention_trained_ids = read_edited_ids(stamp)
@@ -144,6 +158,8 @@ def eval_command(
                 i.stereo_id and i.anti_id and i.unrelated_id for i in items):
             raise FairstampError("--export-stereoset-predictions needs StereoSet items with "
                                  "sentence ids (a --bias-file has none)")
+        if not writes:
+            return
         write_run(evaluation, out, overwrite=overwrite)
         if export_stereoset_predictions is not None:
             export_predictions(items, evaluation.scores, export_stereoset_predictions)

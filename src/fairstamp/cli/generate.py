@@ -7,8 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from fairstamp.cli.options import DEFAULT, CacheDirOpt, DeviceOpt, ModelOpt
-from fairstamp.models import load
+from fairstamp.cli import validate as V
+from fairstamp.cli.options import (
+    DEFAULT,
+    DEFAULT_DTYPE,
+    CacheDirOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    OffloadFolderOpt,
+)
 from fairstamp.reporting.text import console
 from fairstamp.stamp import Stamp, disabled
 from fairstamp.stamp.generation import DEFAULT_BATCH_SIZE, generate_batch
@@ -28,13 +38,19 @@ def generate_command(
                                             "(left-padded).")] = DEFAULT_BATCH_SIZE,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Continue each prompt with the model, and with the stamp attached when --stamp is given,
     side by side. Greedy by default, so the difference is the stamp's alone. All prompts go
     through the model in batches (the code path the transfer suite's BOLD part uses)."""
     from rich.table import Table  # rich.style draws from `random` when imported
 
-    loaded = load(model, cache_dir=cache_dir, device=device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
+    loaded = V.load_model(model, cache_dir=cache_dir, **placement)
     attached = Stamp.from_pretrained(stamp, loaded) if stamp is not None else None
     table = Table(title=f"{loaded.name}" + (f" with the stamp from {stamp}" if stamp else ""),
                   show_lines=True)

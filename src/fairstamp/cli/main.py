@@ -10,6 +10,7 @@ import typer
 
 from fairstamp import __version__
 from fairstamp.errors import FairstampError
+from fairstamp.utils.distributed import launched_rank
 from fairstamp.utils.logs import setup_logging
 
 app = typer.Typer(
@@ -59,6 +60,8 @@ def _root(
     if debug:
         verbose = max(verbose, 2)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if level == logging.INFO and launched_rank() > 0:  # `accelerate launch`: the main one reports
+        level = logging.WARNING
     setup_logging(level, show_library_progress=verbose > 0)
 
 

@@ -25,6 +25,31 @@ DeviceOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--device", help="torch device, e.g. cpu or cuda:0 (default: cpu)."),
 ]
+DeviceMapOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--device-map", help="Spread the model over devices, module by module "
+                 "(accelerate): auto | balanced | balanced_low_0 | sequential | one device (cpu, "
+                 "cuda:0) | a JSON object or .json file of module names to devices (a GPU "
+                 "number, cuda:N, cpu, disk). Instead of --device."),
+]
+MaxMemoryOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--max-memory", help="Memory per device for --device-map's strategy, e.g. "
+                 "0=10GiB,cpu=30GiB (what does not fit is offloaded to disk); implies "
+                 "--device-map auto."),
+]
+OffloadFolderOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--offload-folder", help="Where disk-offloaded weights are written when they "
+                 "cannot be read in place (a safetensors checkpoint, e.g. every alias, needs "
+                 "none)."),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option("--dtype", help="Precision of the frozen model: float32 | bfloat16 | float16 "
+                 "(stamps, optimiser state, losses and scores stay float32)."),
+]
+DEFAULT_DTYPE = "float32"
 BatchTokensOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option("--batch-tokens", min=16,

@@ -12,11 +12,16 @@ import typer
 from fairstamp.cli import validate as V
 from fairstamp.cli.options import (
     DEFAULT,
+    DEFAULT_DTYPE,
     BatchTokensOpt,
     CacheDirOpt,
+    DeviceMapOpt,
     DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
     MaxSentenceTokens,
     ModelOpt,
+    OffloadFolderOpt,
 )
 from fairstamp.data.readers import read_sentences
 from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length_limit
@@ -36,16 +41,21 @@ def score(
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Score sentences: one JSON object per input line with the summed and per-token-mean
     log-probability (nats) and the number of scored tokens, in input order."""
 
-    V.check_device(device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
     V.check_input_file(input, "INPUT")
     with sentence_length_limit(max_sentence_tokens), \
             V.claimed_output(output, overwrite=overwrite, option="--output"):
         records = read_sentences(input)
-        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        loaded = V.load_model(model, cache_dir=cache_dir, **placement)
         V.check_token_lengths([r.text for r in records], [r.where for r in records],
                               loaded.tokenizer)
         scorer = Scorer.from_loaded(loaded, max_batch_tokens=batch_tokens)

@@ -11,11 +11,16 @@ import typer
 from fairstamp.cli import validate as V
 from fairstamp.cli.options import (
     DEFAULT,
+    DEFAULT_DTYPE,
     BatchTokensOpt,
     CacheDirOpt,
+    DeviceMapOpt,
     DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
     MaxSentenceTokens,
     ModelOpt,
+    OffloadFolderOpt,
     split_list,
 )
 from fairstamp.data.bias_sets import load_bias_set
@@ -65,6 +70,10 @@ def trace_command(
     batch_tokens: BatchTokensOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Locate a bias: corrupt the target group's tokens with noise, restore one layer's MLP,
     attention or residual output at a time, and measure the share of the stereo−anti score gap
@@ -78,13 +87,14 @@ def trace_command(
     if not split_list(components):
         raise FairstampError(f"--components: name at least one of {', '.join(COMPONENTS)}")
     check_reduction(reduction, "--reduction")
-    V.check_device(device)
+    placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, dtype=dtype)
     V.check_data(data)
     with sentence_length_limit(max_sentence_tokens), \
             V.claimed_output(out, overwrite=overwrite):
         items = select_items(data, split_list(bias_types), split=split,
                              held_out_fraction=held_out_fraction, seed=seed, limit=limit)
-        loaded = V.load_model(model, cache_dir=cache_dir, device=device)
+        loaded = V.load_model(model, cache_dir=cache_dir, **placement)
         V.check_item_lengths(items, data, loaded.tokenizer)
         start = time.perf_counter()
         result = trace_bias(loaded, items, components=split_list(components) or [],

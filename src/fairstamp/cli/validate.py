@@ -93,7 +93,7 @@ def check_non_negative(value: float, option: str) -> float:
     return value
 
 
-def check_device(device: str | None) -> str | None:
+def check_device(device: str | None, option: str = "--device") -> str | None:
     """Refuse a torch device this machine does not have (e.g. cuda without CUDA)."""
     if device is None:
         return None
@@ -102,23 +102,95 @@ def check_device(device: str | None) -> str | None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise FairstampError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, "
+        raise FairstampError(f"{option} {device!r}: not a torch device (e.g. cpu, cuda, "
                              f"cuda:1, mps)") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             why = "has no CUDA support" if torch.version.cuda is None else "finds no GPU"
-            raise FairstampError(f"--device {device}: CUDA is not available on this machine "
+            raise FairstampError(f"{option} {device}: CUDA is not available on this machine "
                                  f"(this torch {why}); use --device cpu")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise FairstampError(f"--device {device}: this machine has {count} CUDA device(s) "
+            raise FairstampError(f"{option} {device}: this machine has {count} CUDA device(s) "
                                  f"(cuda:0 to cuda:{count - 1})")
     elif parsed.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise FairstampError(f"--device {device}: MPS is not available on this machine")
+            raise FairstampError(f"{option} {device}: MPS is not available on this machine")
     elif parsed.type != "cpu":
-        raise FairstampError(f"--device {device}: only cpu, cuda and mps devices are supported")
+        raise FairstampError(f"{option} {device}: only cpu, cuda and mps devices are supported")
     return device
+
+
+def check_placement(*, device: str | None = None, device_map: str | None = None,
+                    max_memory: str | None = None, offload_folder: Path | None = None,
+                    dtype: str = "float32") -> dict[str, Any]:
+    """`--device`, `--device-map`, `--max-memory`, `--offload-folder` and `--dtype`, checked
+    together; returns the keyword arguments of `fairstamp.models.load` (and of `load_model`)."""
+    from fairstamp.models.placement import (
+        DTYPES,
+        map_devices,
+        parse_device_map,
+        parse_max_memory,
+    )
+
+    check_choice(dtype, DTYPES, "--dtype")
+    check_device(device)
+    if device is not None and (device_map is not None or max_memory is not None):
+        raise FairstampError("--device puts the whole model on one device; --device-map and "
+                             "--max-memory spread it over several: give one or the other")
+    placed = parse_device_map(device_map) if device_map is not None else None
+    memory = parse_max_memory(max_memory) if max_memory is not None else None
+    if memory is not None:
+        if placed is None:
+            placed = "auto"
+            log.info("--max-memory given: placing the model with --device-map auto")
+        elif isinstance(placed, dict) or placed not in ("auto", "balanced", "balanced_low_0",
+                                                        "sequential"):
+            raise FairstampError(f"--max-memory sets the budgets of a --device-map strategy "
+                                 f"(auto, balanced, balanced_low_0, sequential), not of "
+                                 f"--device-map {device_map}")
+    if offload_folder is not None:
+        if placed is None:
+            raise FairstampError("--offload-folder holds weights offloaded by --device-map or "
+                                 "--max-memory; give one of them")
+        if offload_folder.exists() and not offload_folder.is_dir():
+            raise FairstampError(f"--offload-folder {offload_folder}: is a file, not a folder")
+        check_writable(offload_folder / "x", "--offload-folder")
+    for name in map_devices(placed) if placed is not None else ():
+        if name != "disk":
+            check_device(name, "--device-map")
+    gpus = [k for k in memory or {} if isinstance(k, int)]
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if max(gpus) >= count:
+            raise FairstampError(f"--max-memory {max_memory}: names GPU {max(gpus)}, this "
+                                 f"machine has {count} CUDA device(s)")
+    if dtype == "float16" and _runs_on_cpu(device, placed, memory):
+        log.warning("--dtype float16 on the CPU: most CPUs have no float16 arithmetic, so "
+                    "matrix products fall back to a slow path (35x slower than float32 where "
+                    "measured, docs/fast.md, Devices and precision); bfloat16 is the CPU's "
+                    "half precision")
+    return {"device": device, "device_map": placed, "max_memory": memory,
+            "offload_folder": str(offload_folder) if offload_folder is not None else None,
+            "dtype": dtype}
+
+
+def _runs_on_cpu(device: str | None, device_map: Any, max_memory: Any) -> bool:
+    """Whether a model placed so computes on the CPU (nothing names a GPU, and none is found
+    for a strategy)."""
+    if device is not None:
+        return device.startswith("cpu")
+    if isinstance(device_map, dict):
+        return all(d in ("cpu", "disk") for d in device_map.values())
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0",
+                                                          "sequential"):
+        return device_map.startswith("cpu")
+    import torch
+
+    return not torch.cuda.is_available() or (
+        max_memory is not None and not any(isinstance(k, int) for k in max_memory))
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -207,14 +279,15 @@ def check_layer_option(layer: int | None, model: str, cache_dir: Path | None) ->
         raise FairstampError(f"--{exc}") from None
 
 
-def load_model(model: str, *, cache_dir: Path | None, device: str | None) -> Any:
+def load_model(model: str, *, cache_dir: Path | None, device: str | None = None,
+               **placement: Any) -> Any:
     """`fairstamp.models.load`, with a model folder whose config or weights cannot be read
-    reported in one line."""
+    reported in one line; `placement`: what `check_placement` returned (less `device`)."""
     from fairstamp.models import load
 
     check_model_folder(model)
     try:
-        return load(model, cache_dir=cache_dir, device=device)
+        return load(model, cache_dir=cache_dir, device=device, **placement)
     except FairstampError:
         raise
     except Exception as exc:  # transformers and safetensors raise many types

@@ -4,6 +4,12 @@ sentence any part needs once, and return plain dictionaries (`metrics.json` and
 
 Accepts a model already in memory (like lm-evaluation-harness's `simple_evaluate`), so FAST and the
 baselines evaluate edited models through exactly the same path.
+
+Started as several processes (`accelerate launch`, docs/biascope.md "Several processes"), every
+process runs the same evaluation and the model work is sharded: the suite's Scorer deals its
+forward passes out over the processes and gathers the results in order, and BOLD's generations
+are dealt out by batch. Every process then holds the same results and computes the same metrics;
+writing them is the caller's (the main process's) job.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from fairstamp.evaluation import parts as _builtin_parts  # noqa: F401 - they re
 from fairstamp.evaluation.config import EvalConfig
 from fairstamp.evaluation.registry import SuiteContext, get_part
 from fairstamp.scoring import Scorer
+from fairstamp.utils.distributed import Processes, current_processes
 from fairstamp.utils.repro import library_versions
 
 #: The item sets `Evaluation.items` always has (empty when the suite loads none).
@@ -56,21 +63,24 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
              max_batch_tokens: int | None = None,
              reference_predictions: dict[str, Any] | None = None,
              bias_items: list[BiasItem] | None = None,
-             lower_cache: Any = None) -> Evaluation:
+             lower_cache: Any = None, processes: Processes | None = None) -> Evaluation:
     """Run `config.suite` on an already-loaded model (`fairstamp.models.LoadedModel`).
 
     `reference_predictions` (an earlier Evaluation's `predictions`, e.g. of the unedited model)
     takes the place of `config.reference` for RS and known_1000 "kept". `bias_items`, already
     loaded (e.g. by `fairstamp debias`), take the place of the StereoSet / bias-file items.
     `lower_cache` (a `fairstamp.scoring.scorer.LowerLayerCache`) records, or replays, the layers
-    below a stamp."""
+    below a stamp. `processes` share the model work (default: those of `accelerate launch`, if
+    any; else this process alone)."""
     start = time.perf_counter()
+    processes = current_processes() if processes is None else processes
+    processes.check_model(loaded.model)
     parts = [get_part(name)() for name in config.parts]
     root = data_root(config.data_dir)
     reference = (reference_predictions if reference_predictions is not None
                  else load_reference(config.reference))
     scorer = Scorer.from_loaded(loaded, progress=progress, max_batch_tokens=max_batch_tokens,
-                                lower_cache=lower_cache)
+                                lower_cache=lower_cache, processes=processes)
     context = SuiteContext(loaded=loaded, config=config, scorer=scorer, root=root,
                            reference=reference, given_bias_items=bias_items)
     for part in parts:
@@ -92,7 +102,7 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
                                               if k in ("num_layers", "gguf_sha256", "upstream")}},
             "config": config.to_dict(),
             "scoring": {**scorer.describe(), "reduction": config.reduction,
-                        "sentences_scored": len(sentences)},
+                        "sentences_scored": len(sentences), "processes": processes.count},
             "data": context.data,
             "metrics": context.metrics,
             "versions": library_versions(),

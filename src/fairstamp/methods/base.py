@@ -182,6 +182,11 @@ def snapshot(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
     for name in names:
         if name not in params:
             raise FairstampError(f"no parameter {name!r} in the model")
+        if params[name].device.type == "meta":
+            raise FairstampError(
+                f"{name} is offloaded (the device map or --max-memory put it on the CPU or "
+                f"disk, loaded only for each forward pass): weight-editing methods change it "
+                f"in place and need it resident; give its layer a device, or use FAST")
         out[name] = params[name].detach().clone()
     return out
 

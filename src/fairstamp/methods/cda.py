@@ -51,6 +51,7 @@ from fairstamp.methods.base import (
 from fairstamp.models.archspec import get_module, is_conv1d, linear_weight
 from fairstamp.scoring import Scorer
 from fairstamp.scoring.upper import Batch, UpperForward
+from fairstamp.utils.devices import input_device
 from fairstamp.utils.hooks import hooks
 from fairstamp.utils.progress import progress_bar
 
@@ -224,13 +225,13 @@ class LoraRun:
 def lm_loss(loaded: Any, scorer: Scorer, seqs: Sequence[Sequence[int]],
             upper: UpperForward | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over every token after the first of each sequence."""
-    device = next(loaded.model.parameters()).device
+    device = input_device(loaded.model)
     upper = upper or UpperForward(loaded.model, loaded.arch, 0)
     batch = Batch.of(seqs, scorer.pad_token_id, device)
     rows = torch.cat([torch.full((n - 1,), r) for r, n in enumerate(batch.lengths)]).to(device)
     cols = torch.cat([torch.arange(0, n - 1) for n in batch.lengths]).to(device)
     logits = upper.logits(batch, None, rows, cols).float()
-    return torch.nn.functional.cross_entropy(logits, batch.ids[rows, cols + 1])
+    return torch.nn.functional.cross_entropy(logits, batch.ids[rows, cols + 1].to(logits.device))
 
 
 def train_lora(loaded: Any, text: Sequence[str], paths: Sequence[str], config: CdaConfig, *,

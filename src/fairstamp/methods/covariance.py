@@ -34,6 +34,7 @@ from fairstamp.models.loader import cache_root
 from fairstamp.scoring.batching import pad_batch
 from fairstamp.scoring.scorer import Scorer
 from fairstamp.stamp.artefact import model_fingerprint
+from fairstamp.utils.devices import input_device
 from fairstamp.utils.hooks import Capture
 from fairstamp.utils.io import atomic_write_bytes, file_lock, sha256_file
 from fairstamp.utils.progress import progress_bar
@@ -104,7 +105,7 @@ def second_moments(loaded: Any, layers: Sequence[int], chunks: Sequence[Sequence
     projection's inputs at each layer, in one pass over `chunks`."""
     model, arch = loaded.model, loaded.arch
     paths = {layer: arch.mlp_out_proj_path(layer) for layer in sorted(set(layers))}
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = Scorer.from_loaded(loaded).pad_token_id
     sums: dict[int, torch.Tensor] = {}
     count = 0

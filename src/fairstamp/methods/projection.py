@@ -38,6 +38,7 @@ from fairstamp.methods.base import EditContext, HookEdit, Method
 from fairstamp.models.archspec import get_module
 from fairstamp.scoring.batching import pad_batch
 from fairstamp.scoring.scorer import Scorer
+from fairstamp.utils.devices import execution_device, input_device
 from fairstamp.utils.hooks import Capture, hidden_arg, replace_hidden_arg
 from fairstamp.utils.progress import progress_bar
 
@@ -175,7 +176,7 @@ def sentence_representations(loaded: Any, texts: Sequence[str], *, batch_size: i
         if len(seq) <= skip:
             raise FairstampError(f"{text!r} has no tokens")
     model, unembed = loaded.model, loaded.arch.unembed
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[torch.Tensor | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: (-len(sequences[i]), i))
     with progress_bar(len(texts), description, progress) as advance:
@@ -382,7 +383,7 @@ class ProjectionEdit(HookEdit):
 def attach_projection(loaded: Any, directions: torch.Tensor) -> Any:
     """Register the pre-hook h → h − (h Vᵀ) V on the unembedding; returns its handle."""
     module = get_module(loaded.model, loaded.arch.unembed)
-    device = next(loaded.model.parameters()).device
+    device = execution_device(module)
     v = directions.float().to(device)
 
     def project(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

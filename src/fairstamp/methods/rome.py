@@ -40,6 +40,7 @@ from fairstamp.models.archspec import check_layer, get_module, is_conv1d, linear
 from fairstamp.scoring.pairs import bias_loss, pair_gaps
 from fairstamp.scoring.scorer import Scorer
 from fairstamp.scoring.upper import Batch, UpperForward
+from fairstamp.utils.devices import input_device
 from fairstamp.utils.hooks import Capture, first_tensor, hooks, replace_first
 from fairstamp.utils.progress import progress_bar
 
@@ -210,7 +211,7 @@ def collect_at_subjects(loaded: Any, requests: Sequence[EditRequest], *,
     and the output of decoder layer `out_layer` ([n, d] or None)."""
     model, arch = loaded.model, loaded.arch
     pad = Scorer.from_loaded(loaded).pad_token_id
-    device = next(model.parameters()).device
+    device = input_device(model)
     owner = [r for r, req in enumerate(requests) for _ in range(req.n_pair_seqs)]
     seqs = [s for req in requests for s in req.seqs[:-1]]
     cols = [c for req in requests for c in req.subject[:-1]]
@@ -280,7 +281,7 @@ def optimise_target(loaded: Any, upper: UpperForward, request: EditRequest, path
     if settings.v_num_grad_steps < 1:
         raise FairstampError("v_num_grad_steps must be at least 1")
     model = loaded.model
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch = Batch.of(request.seqs, Scorer.from_loaded(loaded).pad_token_id, device)
     hidden = upper.capture(batch) if upper.layer > 0 else None
     n_pairs = request.n_pair_seqs

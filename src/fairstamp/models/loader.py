@@ -21,6 +21,8 @@ from torch import nn
 from fairstamp.errors import FairstampError, ModelNotFoundError
 from fairstamp.models.aliases import ALIASES, ModelAlias
 from fairstamp.models.archspec import ArchSpec, arch_spec_for, arch_spec_for_model_type
+from fairstamp.models.placement import dtype_name, normalise_max_memory, torch_dtype
+from fairstamp.utils.devices import input_device
 from fairstamp.utils.io import atomic_write_json, file_lock, sha256_file, staging_dir
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,31 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model reads its token ids (its input embeddings' execution device); with a
+        device map, other modules may compute elsewhere (`utils.devices.execution_device`)."""
+        return input_device(self.model)
 
     @property
     def num_layers(self) -> int:
         return self.arch.num_layers(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The frozen model's precision."""
+        return getattr(self.model, "dtype", None) or next(self.model.parameters()).dtype
+
+    @property
+    def device_map(self) -> dict[str, str] | None:
+        """Module name → device of a model loaded with a device map (accelerate's
+        `hf_device_map`, devices as strings); None when it sits whole on one device."""
+        placed = getattr(self.model, "hf_device_map", None)
+        if not placed:
+            return None
+        return {name: f"cuda:{d}" if isinstance(d, int) else str(d) for name, d in placed.items()}
+
+    def placement(self) -> dict[str, Any]:
+        """Precision and placement, for run records: {"dtype": "bfloat16", "device_map": ...}."""
+        return {"dtype": dtype_name(self.dtype), "device_map": self.device_map}
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -202,7 +224,10 @@ def load(
     name_or_path: str,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = torch.float32,
+    dtype: torch.dtype | str | None = torch.float32,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
@@ -211,16 +236,43 @@ def load(
 
     The architecture is checked against the ArchSpec table before any weights are read. The model
     is returned in eval mode with every parameter frozen; methods unfreeze what they train.
+
+    dtype:          the weights' precision (a torch dtype or "float32", "bfloat16", "float16").
+    device:         one device for the whole model; or
+    device_map:     accelerate's placement, module by module ("auto", "balanced", "sequential",
+                    a device, or {module name: device}; `models.placement`), with
+    max_memory:     per-device budgets for a strategy ({0: "10GiB", "cpu": "30GiB"}) and
+    offload_folder: where disk-offloaded weights are written when they cannot be read in place.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device is not None and device_map is not None:
+        raise ValueError("give either device or device_map, not both")
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ValueError("max_memory and offload_folder need a device_map")
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
     source, where, display, config, hub_kwargs = _config(name_or_path, cache_dir, revision,
                                                           trust_remote_code)
+    placement: dict[str, Any] = {}
+    if isinstance(device_map, dict):
+        _check_map_names(config, device_map, display, trust_remote_code)
+    if device_map is not None:
+        placement = {"device_map": device_map, "max_memory": normalise_max_memory(max_memory),
+                     "offload_folder": str(offload_folder) if offload_folder else None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **hub_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **hub_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **placement,
+                                                     **hub_kwargs)
     except OSError as exc:
         raise FairstampError(f"{display}: cannot load weights or tokenizer ({exc})") from exc
+    except (ValueError, KeyError) as exc:
+        if not placement:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (" (pass --offload-folder)" if "offload" in first.lower() else "")
+        raise FairstampError(f"{display}: cannot place the model with this device map: "
+                             f"{first}{hint}") from None
     if getattr(model, "hf_quantizer", None) is not None and source != "alias":
         log.warning("%s is quantized; scores are computed with its dequantized weights", display)
     if device is not None:
@@ -231,6 +283,42 @@ def load(
     info: dict[str, Any] = {"model_type": config.model_type, "num_layers": spec.num_layers(model)}
     if source == "alias":
         info.update(cached_alias_info(name_or_path, cache_dir) or {})
-    log.info("loaded %s (%s, %d layers) from %s", display, spec.family, info["num_layers"], where)
-    return LoadedModel(model, tokenizer, spec, display, source, where, info)
+    loaded = LoadedModel(model, tokenizer, spec, display, source, where, info)
+    info.update(loaded.placement())
+    log.info("loaded %s (%s, %d layers, %s) from %s", display, spec.family, info["num_layers"],
+             info["dtype"], where)
+    if loaded.device_map is not None:
+        log.info("device map: %s", _describe_map(loaded.device_map))
+    return loaded
 
+
+def _check_map_names(config: Any, device_map: dict[str, Any], display: str,
+                     trust_remote_code: bool) -> None:
+    """Refuse a device map that names modules the model does not have or leaves weights without
+    a device (transformers would put those on the CPU silently), from the model's skeleton on
+    the meta device (no weights read)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    modules = {name for name, _ in skeleton.named_modules()}
+    unknown = [name for name in device_map if name not in modules]
+    if unknown:
+        top = [name for name in modules if name and name.count(".") <= 2][:12]
+        raise FairstampError(f"{display}: the device map names modules it does not have: "
+                             f"{', '.join(unknown[:3])} (its modules include "
+                             f"{', '.join(sorted(top))})")
+    placed = [name for name in device_map]
+    missing = [name for name, _ in skeleton.named_parameters()
+               if not any(p == "" or name == p or name.startswith(p + ".") for p in placed)]
+    if missing:
+        raise FairstampError(f"{display}: the device map gives no device to "
+                             f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+
+
+def _describe_map(device_map: dict[str, str]) -> str:
+    """`{"model.layers.0": "cpu", "model.layers.1": "disk"}` → "cpu: 1 module, disk: 1 module"."""
+    counts: dict[str, int] = {}
+    for device in device_map.values():
+        counts[device] = counts.get(device, 0) + 1
+    return ", ".join(f"{d}: {n} module{'s' if n > 1 else ''}" for d, n in counts.items())

@@ -34,8 +34,8 @@ def trace_record(result: Any, loaded: Any, items: Sequence[Any], *, seconds: flo
             body["clean_gaps"], body["corrupted_gaps"])]
     body["timing"] = {**result.timing, "total_s": seconds,
                       "per_item_s": seconds / max(len(items), 1)}
-    return {"model": loaded.name, "model_path": loaded.path, "selection": selection,
-            **body, "library_versions": library_versions()}
+    return {"model": loaded.name, "model_path": loaded.path, **loaded.placement(),
+            "selection": selection, **body, "library_versions": library_versions()}
 
 
 def write_trace_folder(folder: RunFolder, record: dict[str, Any], result: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fairstamp.errors import FairstampError
 from fairstamp.models.archspec import check_layer
+from fairstamp.models.placement import DTYPES
 
 #: How the layer is picked when none is given (docs/fast.md has the layer sweep behind the
 #: default): "two-thirds": layer round(2/3 · number of layers), the best SS/RS trade-off of the
@@ -56,6 +57,11 @@ class EditRunConfig:
     data_dir: str | None = None
     allow_crows_training: bool = False
     folds: int = 1  # K > 1: also cross-validate by target with K more fits (runs/folds.py)
+    # The frozen model's precision and placement (`fairstamp.models.load`; models/placement.py)
+    dtype: str = "float32"
+    device_map: str | dict[str, Any] | None = None  # as asked: a strategy, a device or a map
+    max_memory: dict[Any, str] | None = None
+    offload_folder: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
@@ -70,6 +76,8 @@ class EditRunConfig:
                                  f"{self.held_out_fraction}")
         if min(self.trace_items, self.trace_samples) < 1:
             raise FairstampError("trace_items and trace_samples must be at least 1")
+        if self.dtype not in DTYPES:
+            raise FairstampError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.uses_crows and not self.allow_crows_training:
             raise FairstampError(
                 "CrowS-Pairs' data statement asks that it not be used to train models; pass "
@@ -96,6 +104,11 @@ class EditRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def placement(self) -> dict[str, Any]:
+        """The precision and placement keywords of `fairstamp.models.load`."""
+        return {"dtype": self.dtype, "device_map": self.device_map,
+                "max_memory": self.max_memory, "offload_folder": self.offload_folder}
 
 
 def default(cls: type, name: str) -> Any:

@@ -10,6 +10,12 @@ Run folder layout (written atomically; also a stamp folder that `--stamp` accept
     before/, after/                        metrics.json + predictions.json of each evaluation
     metrics.json                           configuration, fit summary, before and after
     report.md, plots/                      before/after table and charts
+
+Under `accelerate launch` (several processes) the two evaluations are sharded over the processes
+(`evaluate`); the trace and the stamp's training are not: every process runs them whole, with
+the same seed (on a CPU every process trains the same stamp, bit for bit), and the main
+process's stamp is then given to all, so that the evaluation after is of the stamp the main
+process writes. The cross-validation (`folds`) runs on the main process alone.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from fairstamp.runs.setup import EditSetup, prepare_edit
 from fairstamp.scoring.scorer import LowerLayerCache
 from fairstamp.stamp.artefact import write_stamp_files
 from fairstamp.tracing import trace_bias
+from fairstamp.utils.distributed import current_processes
 from fairstamp.utils.repro import library_versions, seed_everything
 
 log = logging.getLogger(__name__)
@@ -126,9 +133,11 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     """The whole FAST job on a loaded model; the stamp stays attached to it afterwards."""
     check_given_layer(config, loaded.num_layers, loaded.name)
     seed_everything(config.seed)
+    processes = current_processes()
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     setup = prepare_edit(config)
+    setup.eval_config.placed(loaded)
     layer, layer_source, trace = edit_layer(loaded, config, setup, progress=progress)
     seconds["trace"] = time.perf_counter() - clock
     # The stamp sits in layer `layer`: the layers below it compute the same before and after, so
@@ -136,7 +145,7 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     lower = LowerLayerCache(loaded.model, loaded.arch, layer) if config.reuse_lower else None
     clock = time.perf_counter()
     before = evaluate(loaded, setup.eval_config, progress=progress, bias_items=setup.items,
-                      max_batch_tokens=max_batch_tokens, lower_cache=lower)
+                      max_batch_tokens=max_batch_tokens, lower_cache=lower, processes=processes)
     seconds["evaluate_before"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -147,18 +156,24 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
                     config=config.fit,
                     progress=progress)
     seconds["fit"] = time.perf_counter() - clock
+    change = processes.broadcast_parameters(fit.stamp.module)  # the main process's stamp
+    if change:
+        log.warning("process %d trained a stamp up to %.3g away from the main process's (not "
+                    "deterministic here); it evaluates the main process's", processes.index,
+                    change)
 
     clock = time.perf_counter()
     after = evaluate(loaded, setup.eval_config, progress=progress, bias_items=setup.items,
                      reference_predictions=before.predictions, max_batch_tokens=max_batch_tokens,
-                     lower_cache=lower.replay() if lower is not None else None)
+                     lower_cache=lower.replay() if lower is not None else None,
+                     processes=processes)
     seconds["evaluate_after"] = time.perf_counter() - clock
     if lower is not None:
         log.info("after-evaluation: %d forward passes replayed layers 0..%d from the first "
                  "evaluation, %d ran in full", lower.replayed, layer - 1, lower.recomputed)
         lower.states.clear()
     cv = None
-    if config.folds > 1:
+    if config.folds > 1 and processes.is_main:
         clock = time.perf_counter()
         fit.stamp.detach_from(loaded)  # the folds' stamps are fitted on the original model
         try:

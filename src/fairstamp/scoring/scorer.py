@@ -19,6 +19,10 @@ what follows): the choices of a multiple-choice item with one-token answers (Boo
   context or a perplexity window's leading context costs no logits);
 - a `LowerLayerCache` lets a second evaluation of the same text skip the layers below a stamp
   (`fairstamp debias` evaluates before and after).
+
+With `processes` (`fairstamp.utils.distributed.Processes`, several processes of `accelerate
+launch`), every process builds the same forward passes, runs every N-th of them and gathers the
+results of all, in input order: the passes, hence every float, are those of one process.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from torch import nn
 from fairstamp.errors import FairstampError
 from fairstamp.scoring.batching import length_batches, logits_token_budget, pad_batch
 from fairstamp.scoring.upper import Batch, UpperForward
+from fairstamp.utils.devices import input_device
+from fairstamp.utils.distributed import ONE, Processes
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,8 @@ class Scorer:
                       `arch`; False: one row per input).
     max_batch_size:   sentences per forward pass.
     progress:         draw a progress bar (None: when stderr is a terminal).
+    processes:        deal the forward passes out over these processes and gather the results
+                      (default: this process alone); every process must make the same calls.
     """
 
     def __init__(
@@ -109,6 +117,7 @@ class Scorer:
         arch: Any = None,
         lower_cache: LowerLayerCache | None = None,
         pack: bool = True,
+        processes: Processes | None = None,
     ) -> None:
         if lower_cache is not None and arch is None:
             raise ValueError("a lower-layer cache needs the model's ArchSpec")
@@ -127,6 +136,7 @@ class Scorer:
         self.max_length = max_positions(model)
         self.pack = pack and arch is not None
         self._window = attention_window(model)
+        self.processes = processes or ONE
 
     @classmethod
     def from_loaded(cls, loaded: Any, **kwargs: Any) -> Scorer:
@@ -246,7 +256,7 @@ class Scorer:
                     f"positions"
                 )
         results: list[TokenLogprobs | None] = [None] * len(sequences)
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)  # where the token ids go (first module's device)
         inputs, served = shared_inputs(sequences, starts)
         empty = [i for i, (seq, start) in enumerate(zip(sequences, starts)) if start == len(seq)]
         for i in empty:  # nothing to score
@@ -261,14 +271,27 @@ class Scorer:
         packed = [k for k, row in enumerate(rows) if len(row.members) > 1]
         batches = [[group[b] for b in batch] for group in (alone, packed)
                    for batch in self._batches([len(rows[k].ids) for k in group])]
-        with progress_bar(len(sequences), description, self.progress) as advance:
-            if empty:
+        # Several processes: each runs its share of the passes (all of them for one process).
+        processes = self.processes
+        mine = [batches[b] for b in processes.share(len(batches))]
+        todo = sum(len(served[k]) for batch in mine for b in batch for k in rows[b].members)
+        if processes.is_main:
+            todo += len(empty)
+        show = self.progress if processes.is_main else False
+        with progress_bar(todo, description, show) as advance:
+            if empty and processes.is_main:
                 advance(len(empty))
-            for batch in batches:
+            for batch in mine:
                 requests = [[(m, i, sequences[i], starts[i]) for m, k in enumerate(rows[b].members)
                              for i in served[k]] for b in batch]
                 self._forward_batch([rows[b] for b in batch], requests, device, results)
                 advance(sum(len(r) for r in requests))
+        if processes.sharded:
+            # Each process's results, put in input order on every process (the spans of
+            # sequences with nothing to score come from the main process).
+            skip = () if processes.is_main else set(empty)
+            return processes.gather_in_order(len(sequences), [
+                (i, r) for i, r in enumerate(results) if r is not None and i not in skip])
         return results  # type: ignore[return-value]
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -308,7 +331,7 @@ class Scorer:
                 position_ids=positions.to(device),
                 use_cache=False,
             ).logits
-            picked = logits[rows, cols].float()
+            picked = logits[rows.to(logits.device), cols.to(logits.device)].float()
         else:
             batch = Batch(ids.to(device), mask.to(device), positions.to(device),
                           [len(row.ids) for row in packed])
@@ -318,6 +341,8 @@ class Scorer:
             else:
                 picked = self._upper.logits(batch, None, rows, cols)
             picked = picked.float()
+        # The logits come from the last module's device, which a device map may set apart.
+        inverse, targets = inverse.to(picked.device), targets.to(picked.device)
         target_logits = picked[inverse, targets]
         logprobs = (target_logits - torch.logsumexp(picked, dim=-1)[inverse]).double().cpu().numpy()
         top1 = picked.argmax(dim=-1)[inverse]

@@ -23,6 +23,7 @@ from torch import nn
 from fairstamp.errors import FairstampError
 from fairstamp.models.archspec import ArchSpec
 from fairstamp.scoring.batching import pad_batch
+from fairstamp.utils.devices import resident
 from fairstamp.utils.hooks import Capture, hidden_arg, hooks, replace_hidden_arg
 from fairstamp.utils.modules import get_module, set_module
 
@@ -75,7 +76,9 @@ class _SubUnembed(nn.Module):
         if not isinstance(unembed, nn.Linear):
             raise FairstampError(f"a restricted training vocabulary needs a linear unembedding, "
                                  f"not {type(unembed).__name__}; use train_vocab='full'")
-        with torch.no_grad():
+        # An offloaded unembedding's weight is read back for the copy; the copy lives where
+        # the unembedding computes.
+        with torch.no_grad(), resident(unembed):
             rows = vocab.ids.to(unembed.weight.device)
             self.register_buffer("weight", unembed.weight.index_select(0, rows).clone(),
                                  persistent=False)
@@ -84,7 +87,7 @@ class _SubUnembed(nn.Module):
                                  persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(hidden, self.weight, self.bias)
+        return nn.functional.linear(hidden.to(self.weight.device), self.weight, self.bias)
 
 
 class _PassThrough(nn.Module):
@@ -186,7 +189,9 @@ class UpperForward:
         """A pre-hook on the unembedding that keeps only the positions (rows[i], cols[i])."""
 
         def select(module, args, kwargs):
-            return replace_hidden_arg(args, kwargs, hidden_arg(args, kwargs)[rows, cols])
+            hidden = hidden_arg(args, kwargs)  # on the device of the module before
+            at = (rows.to(hidden.device), cols.to(hidden.device))
+            return replace_hidden_arg(args, kwargs, hidden[at])
 
         return self.arch.unembed, select
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,9 @@ from torch import nn
 from fairstamp import __version__
 from fairstamp.errors import FairstampError
 from fairstamp.models.archspec import ArchSpec, check_layer
+from fairstamp.models.placement import DEFAULT_DTYPE, DTYPES, dtype_name, torch_dtype
 from fairstamp.stamp.module import ACTIVATIONS, READS, FairnessStamp, StampedMLP, attach, detach
+from fairstamp.utils.devices import resident
 from fairstamp.utils.io import atomic_write_bytes, atomic_write_json, staging_dir
 from fairstamp.utils.repro import library_versions
 
@@ -34,23 +38,48 @@ WEIGHTS_NAME = "stamp.safetensors"
 FORMAT_VERSION = 1
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module, rounded_to: str | None = None) -> str:
     """sha256 of the base model: its config's shape fields and every parameter (stamps excluded),
-    in name order, as float32 bytes. Identical weights give the same fingerprint on any device."""
-    digest = hashlib.sha256()
+    in name order, as float32 bytes. Identical weights give the same fingerprint on any device,
+    offloaded ones included. `rounded_to` ("bfloat16", "float16"): of the weights rounded to that
+    precision first, which is the fingerprint of the same checkpoint loaded in it."""
+    return model_fingerprints(model, [rounded_to])[0]
+
+
+def model_fingerprints(model: nn.Module, roundings: Sequence[str | None]) -> list[str]:
+    """`model_fingerprint(model, r)` for each r of `roundings`, reading every weight once."""
+    digests = [hashlib.sha256() for _ in roundings]
     config = getattr(model, "config", None)
     shape = {k: getattr(config, k, None) for k in
              ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "n_layer",
               "intermediate_size")}
-    digest.update(json.dumps(shape, sort_keys=True).encode())
+    for digest in digests:
+        digest.update(json.dumps(shape, sort_keys=True).encode())
+    dtypes = [None if r is None else torch_dtype(r) for r in roundings]
     stamp_params = {id(p) for m in model.modules() if isinstance(m, FairnessStamp)
                     for p in m.parameters()}
-    named = [(name.replace(".base_layer", ""), p) for name, p in model.named_parameters()
+    named = [(name.replace(".base_layer", ""), name, p) for name, p in model.named_parameters()
              if id(p) not in stamp_params]
-    for name, param in sorted(named, key=lambda x: x[0]):
-        digest.update(name.encode())
-        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    for shown, name, param in sorted(named, key=lambda x: x[0]):
+        with _readable(model, name, param) as value:
+            for digest, dtype in zip(digests, dtypes):
+                weights = value if dtype is None else value.to(dtype)
+                digest.update(shown.encode())
+                digest.update(weights.to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return [d.hexdigest() for d in digests]
+
+
+@contextmanager
+def _readable(model: nn.Module, name: str, param: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The values of parameter `name`: itself, or, offloaded (`meta`), read back by accelerate
+    for the block."""
+    if param.device.type != "meta":
+        yield param.detach()
+        return
+    owner_path, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_path) if owner_path else model
+    with resident(owner):
+        yield getattr(owner, attr).detach()
 
 
 @dataclass
@@ -73,6 +102,11 @@ class StampConfig:
     versions: dict[str, str] = field(default_factory=library_versions)
     format_version: int = FORMAT_VERSION
     weights_sha256: str | None = None  # of stamp.safetensors, checked on load (absent before)
+    # The precision of the model the stamp was trained on (the stamp itself is float32), and
+    # the fingerprints of that model's weights rounded to lower precisions, so that the stamp
+    # can be checked against the same model loaded in them (absent before: float32, none).
+    model_dtype: str = DEFAULT_DTYPE
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +170,13 @@ def check_config_schema(data: dict[str, Any], source: str) -> None:
     for name in ("training", "versions"):
         if name in data and not isinstance(data[name], dict):
             fail(name, "an object")
+    if not isinstance(data.get("model_dtype", DEFAULT_DTYPE), str):
+        fail("model_dtype", "a dtype name such as float32")
+    rounded = data.get("fingerprints", {})
+    if not isinstance(rounded, dict) or any(
+            k not in DTYPES or not (isinstance(v, str) and _SHA256.fullmatch(v))
+            for k, v in rounded.items()):
+        fail("fingerprints", f"an object of {', '.join(DTYPES)} to sha256s")
     if "format_version" in data and not _is_int(data["format_version"]):
         fail("format_version", "an integer")
 
@@ -225,14 +266,32 @@ class Stamp:
             raise FairstampError(
                 f"this stamp was made to sit at {made!r} of layer {self.config.layer}; fairstamp "
                 f"puts {loaded.arch.family} stamps at {site!r}: train it again")
-        fingerprint = model_fingerprint(loaded.model)
-        if fingerprint != self.config.fingerprint:
+        compared = self._fingerprints_to_compare(loaded)
+        if compared is None:
+            return
+        expected, fingerprint = compared
+        if fingerprint != expected:
             message = (f"this stamp was made for {self.config.base_model} (fingerprint "
-                       f"{self.config.fingerprint[:12]}); {loaded.name} has different weights "
+                       f"{expected[:12]}); {loaded.name} has different weights "
                        f"(fingerprint {fingerprint[:12]})")
             if strict:
                 raise FairstampError(message + "; refusing to attach it")
             log.warning("%s; attaching anyway", message)
+
+    def _fingerprints_to_compare(self, loaded: Any) -> tuple[str, str] | None:
+        """(recorded, found) fingerprints of the stamp's model and `loaded`, at the coarser of
+        their two precisions; None (with a warning) when no recorded one is comparable."""
+        made, here = self.config.model_dtype, dtype_name(loaded.dtype)
+        if here == made:
+            return self.config.fingerprint, model_fingerprint(loaded.model)
+        if made == "float32" and here in self.config.fingerprints:
+            return self.config.fingerprints[here], model_fingerprint(loaded.model)
+        if here == "float32":
+            return self.config.fingerprint, model_fingerprint(loaded.model, rounded_to=made)
+        log.warning("this stamp was trained on %s in %s and %s is in %s: its weights cannot be "
+                    "checked against the stamp's fingerprint; attaching it unchecked",
+                    self.config.base_model, made, loaded.name, here)
+        return None
 
     def attach_to(self, loaded: Any) -> StampedMLP:
         return attach(loaded.model, loaded.arch, self.layer, self.module)
@@ -251,10 +310,15 @@ def new_stamp(loaded: Any, layer: int, *, width: int, activation: str = "gelu",
     generator = torch.Generator().manual_seed(seed)
     module = FairnessStamp(hidden, width, activation=activation, reads=reads,
                            generator=generator)
-    config = StampConfig(base_model=loaded.name, fingerprint=model_fingerprint(loaded.model),
+    made = dtype_name(loaded.dtype)
+    # A float32 model's fingerprints in the lower precisions too (one reading of the weights).
+    lower = [d for d in DTYPES if d != made] if made == "float32" else []
+    fingerprint, *rounded = model_fingerprints(loaded.model, [None, *lower])
+    config = StampConfig(base_model=loaded.name, fingerprint=fingerprint,
                          model_type=loaded.model.config.model_type, family=arch.family,
                          layer=layer, hidden=hidden, width=width, activation=activation,
-                         reads=reads, site=arch.mlp, seed=seed, training=dict(training or {}))
+                         reads=reads, site=arch.mlp, seed=seed, training=dict(training or {}),
+                         model_dtype=made, fingerprints=dict(zip(lower, rounded)))
     return Stamp(module, config)
 
 

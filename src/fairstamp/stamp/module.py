@@ -22,6 +22,7 @@ from torch import nn
 
 from fairstamp.errors import FairstampError
 from fairstamp.models.archspec import ArchSpec, check_layer, get_module, set_module
+from fairstamp.utils.devices import execution_device
 from fairstamp.utils.hooks import first_tensor, hidden_arg, replace_first
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -61,6 +62,14 @@ class FairnessStamp(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(h)))
 
+    @property
+    def device(self) -> torch.device:
+        return self.up.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.up.weight.dtype
+
     def extra_repr(self) -> str:
         return f"reads={self.reads}, enabled={self.enabled}"
 
@@ -83,8 +92,10 @@ class StampedMLP(nn.Module):
         mlp_input = hidden_arg(args, kwargs) if any(s.reads == "mlp_input" for s in active) \
             else None
         for stamp in active:
+            # The stamp computes in its own precision (float32) on its own device, whatever the
+            # host model's; its output joins the host's stream in the host's dtype.
             source = h if stamp.reads == "mlp_output" else mlp_input
-            h = h + stamp(source).to(h.dtype)
+            h = h + stamp(source.to(stamp.device, stamp.dtype)).to(h.device, h.dtype)
         return replace_first(output, h)
 
 
@@ -98,7 +109,9 @@ def check_reads(arch: ArchSpec, reads: str) -> None:
 
 def attach(model: nn.Module, arch: ArchSpec, layer: int, stamp: FairnessStamp) -> StampedMLP:
     """Add `stamp` after layer `layer`'s MLP (wrapping the MLP on first use); the stamp moves to
-    the MLP's device. Returns the wrapper."""
+    the device the MLP computes on (its execution device when the model is dispatched with a
+    device map, where an offloaded MLP's own weights are `meta`) and keeps its dtype. Returns
+    the wrapper."""
     check_layer(layer, arch.num_layers(model))
     check_reads(arch, stamp.reads)
     path = arch.mlp_path(layer)
@@ -106,9 +119,7 @@ def attach(model: nn.Module, arch: ArchSpec, layer: int, stamp: FairnessStamp) -
     if not isinstance(module, StampedMLP):
         module = StampedMLP(module)
         set_module(model, path, module)
-    param = next(module.base_layer.parameters(), None)
-    if param is not None:
-        stamp.to(device=param.device)
+    stamp.to(device=execution_device(module.base_layer))
     module.stamps.append(stamp)
     return module
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from fairstamp.models.archspec import ArchSpec, check_layer, check_layers
 from fairstamp.scoring.batching import logits_token_budget, pad_batch
+from fairstamp.utils.devices import execution_device, input_device
 from fairstamp.utils.hooks import Capture, first_tensor, hooks, replace_first
 from fairstamp.utils.modules import get_module
 
@@ -147,7 +148,7 @@ def embedding_std(model: nn.Module, arch: ArchSpec, chunk: int = 8192) -> float:
     outputs over the whole vocabulary (equal to the weight matrix's std unless the module scales,
     as Gemma's does)."""
     embed = get_module(model, arch.embed)
-    device = next(model.parameters()).device
+    device = execution_device(embed)
     vocab = int(getattr(embed, "num_embeddings", 0) or model.config.vocab_size)
     total = total_sq = 0.0
     count = 0
@@ -210,7 +211,7 @@ def patch_activations(
     """
     num_layers = arch.num_layers(model)
     _check(tokens, corruption, restorations, num_layers)
-    device = next(model.parameters()).device
+    device = input_device(model)
     G, T = tokens.size, tokens.width
     inputs = dict(input_ids=tokens.input_ids.to(device),
                   attention_mask=tokens.attention_mask.to(device),
@@ -250,7 +251,7 @@ def _corrupted_batch(model, arch, inputs, noise, chunk, clean_cache, metric, G, 
 
     def corrupt(module, args, output):
         hidden = first_tensor(output)
-        return replace_first(output, hidden + noise_rows.to(hidden.dtype))
+        return replace_first(output, hidden + noise_rows.to(hidden.device, hidden.dtype))
 
     # Rows and positions each (component, layer) restores: row = (run * K + k) * G + g.
     targets: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
@@ -266,15 +267,18 @@ def _corrupted_batch(model, arch, inputs, noise, chunk, clean_cache, metric, G, 
 
     def restore(key: tuple[str, int]):
         row_list, pos_list = targets[key]
-        row_idx = torch.tensor(row_list, dtype=torch.long, device=noise.device)
-        pos_idx = torch.tensor(pos_list, dtype=torch.long, device=noise.device)
-        values = clean_cache[key][row_idx % G, pos_idx]
+        # On the device the component computes on (where its clean output was recorded).
+        cached = clean_cache[key]
+        row_idx = torch.tensor(row_list, dtype=torch.long, device=cached.device)
+        pos_idx = torch.tensor(pos_list, dtype=torch.long, device=cached.device)
+        values = cached[row_idx % G, pos_idx]
 
         def hook(module, args, output):
             hidden = first_tensor(output)
             # OPT's MLP works on tokens flattened to [rows * T, hidden].
             patched = hidden.reshape(rows, T, -1).clone()
-            patched[row_idx, pos_idx] = values.to(patched.dtype)
+            at = (row_idx.to(patched.device), pos_idx.to(patched.device))
+            patched[at] = values.to(patched.device, patched.dtype)
             return replace_first(output, patched.reshape(hidden.shape))
         return hook
 

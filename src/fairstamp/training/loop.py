@@ -76,6 +76,7 @@ from fairstamp.scoring.batching import length_batches
 from fairstamp.scoring.pairs import bias_loss, pair_gaps, pair_sums, stereotype_percent
 from fairstamp.scoring.scorer import LowerLayerCache, Scorer
 from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
+from fairstamp.utils.devices import input_device
 from fairstamp.utils.progress import progress_bar, progress_enabled
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,9 @@ def train_at_layer(
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
-    device = next(model.parameters()).device
+    # Token ids go to the first module's device; everything computed from logits stays on the
+    # device the logits come from (with a device map, the last module's).
+    device = input_device(model)
     upper = UpperForward(model, arch, layer)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -520,9 +523,9 @@ def _token_logprobs(upper: UpperForward, ids: list[list[int]], hidden, chosen: S
         lp = torch.log_softmax(logits, dim=-1)
         target = batch.ids[r, nxt]
         if upper.vocab is not None:  # restricted: its index in the subset (always in it)
-            target = upper.vocab.index[target]
-        token.append(lp.gather(1, target.unsqueeze(1)).squeeze(1))
-        rows.append(torch.as_tensor(part, device=device)[r])
+            target = upper.vocab.index.to(target.device)[target]
+        token.append(lp.gather(1, target.to(lp.device).unsqueeze(1)).squeeze(1))
+        rows.append(torch.as_tensor(part, device=lp.device)[r.to(lp.device)])
         if full:
             logprobs.append(lp)
         order.extend(part)
@@ -581,7 +584,7 @@ def _log_rest(top_logprobs: torch.Tensor) -> torch.Tensor:
 def _target_rows(targets, chosen: Sequence[int], ids: list[list[int]]):
     """Gather the cached top-k targets of the chosen sentences' positions."""
     picks = torch.cat([torch.arange(targets["offsets"][i], targets["offsets"][i] + len(ids[i]) - 1)
-                       for i in chosen])
+                       for i in chosen]).to(targets["idx"].device)
     return targets["idx"][picks], targets["lp"][picks], targets["rest"][picks]
 
 
@@ -601,7 +604,7 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     l_e = bias_loss(pair_gaps(means))
     l_m = l_e.new_zeros(())
     if config.keep_mean_weight:
-        original = pairs.original[sent_rows].to(device)
+        original = pairs.original[sent_rows].to(means.device)
         drift = (pair_sums(means) - pair_sums(original)) / 2
         if config.lm_smooth > 0:  # Huber: quadratic within lm_smooth of the original
             l_m = torch.nn.functional.smooth_l1_loss(drift, torch.zeros_like(drift),
@@ -638,8 +641,9 @@ def _kl_positions(upper, kl_set: _KLSet, pad, device, budget: int,
     _, rows, logprobs, order = _token_logprobs(upper, sents.ids, sents.hidden, chosen, pad,
                                                device, budget, max_size)
     idx, lp, rest = _target_rows(kl_set.targets, [chosen[j] for j in order], sents.ids)
-    per_position = _kl(logprobs, idx.to(device), lp.to(device), rest.to(device))
-    return per_position, kl_set.generic[chosen].to(device)[rows]
+    out = logprobs.device  # the logits' device; `rows` is there too
+    per_position = _kl(logprobs, idx.to(out), lp.to(out), rest.to(out))
+    return per_position, kl_set.generic[chosen].to(out)[rows]
 
 
 def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]:
