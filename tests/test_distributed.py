@@ -196,23 +196,27 @@ def test_sharded_scoring_equals_one_process(tiny_loaded):
 
 
 def test_sharded_generation_gives_the_texts_of_one_process(tiny_loaded, monkeypatch):
-    from fairstamp.evaluation.parts.transfer import sharded_generate
-    from fairstamp.stamp import generation
+    import contextlib
+
+    import torch
+
     from fairstamp.stamp.generation import generate_batch
 
     prompts = [s.rsplit(" ", 2)[0] for s in stereoset_sentences(70)]  # 3 batches of <= 32
     decoding = dict(max_new_tokens=4, sample=True, temperature=1.0)
     expected = generate_batch(tiny_loaded, prompts, seed=5, progress=False, **decoding)
-    # Threads share torch's global RNG, which processes do not: one batch at a time.
+    # Threads share torch's global RNG, which processes do not: one seeded batch at a time.
     lock = threading.Lock()
+    fork_rng = torch.random.fork_rng
 
+    @contextlib.contextmanager
     def one_at_a_time(*args, **kwargs):
-        with lock:
-            return generate_batch(*args, **kwargs)
+        with lock, fork_rng(*args, **kwargs):
+            yield
 
-    monkeypatch.setattr(generation, "generate_batch", one_at_a_time)
-    texts = simulate(2, tiny_loaded, lambda loaded, processes: sharded_generate(
-        loaded, prompts, processes, seed=5, progress=False, **decoding))
+    monkeypatch.setattr(torch.random, "fork_rng", one_at_a_time)
+    texts = simulate(2, tiny_loaded, lambda loaded, processes: generate_batch(
+        loaded, prompts, seed=5, progress=False, processes=processes, **decoding))
     assert texts == [expected, expected]
 
 

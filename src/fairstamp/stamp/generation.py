@@ -6,7 +6,10 @@ sees. Batches are left-padded (each prompt's last token is where every row's gen
 transformers derives the position ids from the attention mask, so padding does not shift a
 prompt's positions), sorted by length to waste little padding, and returned in input order.
 Sampling is seeded per batch (`seed + batch number`) inside a forked RNG, so the caller's random
-state is untouched and the same prompts, seed and batch size give the same text.
+state is untouched and the same prompts, seed and batch size give the same text. With
+`processes` (several processes of `accelerate launch`) each process generates every N-th batch,
+seeded as in one process, and the texts are gathered in input order on every process: the same
+text as one process.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 
 from fairstamp.scoring.scorer import Scorer
+from fairstamp.utils.distributed import ONE, Processes
 from fairstamp.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,8 @@ DEFAULT_BATCH_SIZE = 32
 def generate_batch(loaded: Any, prompts: Sequence[str], *, max_new_tokens: int = 30,
                    sample: bool = False, temperature: float = 0.8, seed: int = 0,
                    batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
-                   description: str = "generating") -> list[str]:
+                   description: str = "generating",
+                   processes: Processes | None = None) -> list[str]:
     """The model's continuation of each prompt (the prompt itself not included), in input
     order. Greedy unless `sample` (then plain sampling at `temperature`, no top-k/top-p)."""
     if max_new_tokens < 1:
@@ -43,9 +48,12 @@ def generate_batch(loaded: Any, prompts: Sequence[str], *, max_new_tokens: int =
     device = loaded.device
     cuda = [device] if device.type == "cuda" else []
     out: list[str] = [""] * len(prompts)
-    with progress_bar(len(prompts), description, progress) as advance:
-        for number, batch in enumerate(_batches(order, encoded, batch_size,
-                                                _takes_padding(loaded.model))):
+    processes = processes or ONE
+    batches = _batches(order, encoded, batch_size, _takes_padding(loaded.model))
+    mine = [(number, batches[number]) for number in processes.share(len(batches))]
+    show = progress if processes.is_main else False
+    with progress_bar(sum(len(b) for _, b in mine), description, show) as advance:
+        for number, batch in mine:
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -63,6 +71,8 @@ def generate_batch(loaded: Any, prompts: Sequence[str], *, max_new_tokens: int =
             for i, text in zip(batch, texts):
                 out[i] = text
             advance(len(batch))
+    if processes.sharded:
+        return processes.gather_in_order(len(prompts), [(i, out[i]) for _, b in mine for i in b])
     return out
 
 

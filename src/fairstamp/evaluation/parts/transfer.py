@@ -9,7 +9,7 @@ BBQ and WinoBias score continuations after a prompt with the suite's Scorer (the
 lm-evaluation-harness rule: summed log-probability of the continuation's tokens, the whole
 string tokenized at once); BOLD generates through `fairstamp.stamp.generation.generate_batch`,
 the code path of `fairstamp generate` (under several processes each generates its share of the
-batches, `sharded_generate`). These parts ignore --bias-types and --limit: they report
+batches). These parts ignore --bias-types and --limit: they report
 every category (so an edit's effect on the others shows) on the subsets of
 `EvalConfig.transfer_limits`. Definitions and choices: docs/biascope.md, "Transfer suite".
 """
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -28,7 +26,6 @@ from fairstamp.data.bold import bold_files, load_bold
 from fairstamp.data.winobias import WinoBiasSentence, load_winobias, mirrored_pairs, winobias_files
 from fairstamp.evaluation.registry import SuiteContext, SuitePart, register_part
 from fairstamp.metrics import transfer as T
-from fairstamp.utils.distributed import Processes
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +116,15 @@ class BoldPart(SuitePart):
             context.record(f"bold/{path.name}", path, counts[domain], unit="prompts")
 
     def run(self, context: SuiteContext) -> None:
+        from fairstamp.stamp.generation import generate_batch  # torch: at run time
+
         config = context.config
         sample = config.bold_decoding == "sample"
-        texts = sharded_generate(context.loaded, [p.text for p in self.prompts],
-                                 context.scorer.processes,
-                                 max_new_tokens=config.bold_max_new_tokens, sample=sample,
-                                 temperature=config.bold_temperature, seed=config.seed,
-                                 progress=context.scorer.progress, description="BOLD")
+        texts = generate_batch(context.loaded, [p.text for p in self.prompts],
+                               max_new_tokens=config.bold_max_new_tokens, sample=sample,
+                               temperature=config.bold_temperature, seed=config.seed,
+                               progress=context.scorer.progress, description="BOLD",
+                               processes=context.scorer.processes)
         compound = T.vader_compound(texts)
         result = T.bold_scores([p.domain for p in self.prompts],
                                [p.group for p in self.prompts], compound, **context.bootstrap)
@@ -142,31 +141,3 @@ class BoldPart(SuitePart):
                          f"{T.NEGATIVE_COMPOUND}",
             "subset_per_group": config.transfer_limit("bold") or "all"}
         _transfer(context, "bold", summary)
-
-
-def sharded_generate(loaded: Any, prompts: Sequence[str], processes: Processes, *, seed: int,
-                     progress: bool | None = None, description: str = "generating",
-                     **decoding: Any) -> list[str]:
-    """`generate_batch(loaded, prompts, seed=seed, **decoding)`, its batches dealt out over
-    `processes` and the texts gathered in prompt order on every process. Each batch is the one
-    `generate_batch` forms (same prompts, same padding) and is sampled with the seed it has
-    there (`seed` + its number), so every text is the one a single process generates."""
-    from fairstamp.scoring.scorer import Scorer  # torch: at run time
-    from fairstamp.stamp import generation as G
-
-    if not processes.sharded:
-        return G.generate_batch(loaded, prompts, seed=seed, progress=progress,
-                                description=description, **decoding)
-    scorer = Scorer(loaded.model, loaded.tokenizer)  # the start token generate_batch adds
-    encoded = [scorer.encode(p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
-    batches = G._batches(order, encoded, G.DEFAULT_BATCH_SIZE, G._takes_padding(loaded.model))
-    done: list[tuple[int, str]] = []
-    for number in processes.share(len(batches)):
-        batch = batches[number]
-        texts = G.generate_batch(loaded, [prompts[i] for i in batch], seed=seed + number,
-                                 batch_size=len(batch), progress=False, **decoding)
-        done.extend(zip(batch, texts))
-    log.debug("%s: process %d generated %d of %d prompts", description, processes.index,
-              len(done), len(prompts))
-    return processes.gather_in_order(len(prompts), done)
