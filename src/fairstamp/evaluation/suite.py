@@ -98,8 +98,9 @@ def evaluate(loaded: Any, config: EvalConfig, *, progress: bool | None = None,
         metrics={
             "fairstamp_version": __version__,
             "model": {"name": loaded.name, "family": loaded.arch.family, "source": loaded.source,
-                      "path": loaded.path, **{k: v for k, v in loaded.info.items()
-                                              if k in ("num_layers", "gguf_sha256", "upstream")}},
+                      "path": loaded.path,
+                      **{k: v for k, v in loaded.info.items()
+                         if k in ("num_layers", "gguf_sha256", "upstream", "dtype", "device_map")}},
             "config": config.to_dict(),
             "scoring": {**scorer.describe(), "reduction": config.reduction,
                         "sentences_scored": len(sentences), "processes": processes.count},
