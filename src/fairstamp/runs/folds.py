@@ -97,6 +97,9 @@ def cross_validate(
         finally:
             edit.restore(loaded)
         fold_ss = stereotype_score(held, after, n_resamples=0, seed=seed).overall.value
+        log.info("CV fold %d/%d: held-out SS %.1f (before %.1f) on %d items", fold + 1, folds,
+                 fold_ss, stereotype_score(held, before, n_resamples=0, seed=seed).overall.value,
+                 len(held))
         records.append({"fold": fold, "held_out_targets": held_targets, "n_edit": len(edit_items),
                         "n_held_out": len(held), "fit_seconds": round(fit_seconds, 2),
                         "held_out_ss": fold_ss, "edit": edit.summary()})
