@@ -169,3 +169,61 @@ def test_a_swap_without_held_out_targets_never_writes_them():
     items = [item("f", "gender", "father", "The father is strong.", "The father is weak.")]
     assert target_substitutions(items, held, 2)
     assert held.counterfactual("The father is strong.", Random(0)) is None
+
+
+def test_counterfactual_prefixes_are_the_words_before_the_attribute_about_another_group():
+    from fairstamp.data.counterfactual import counterfactual_prefixes, shared_words
+
+    assert shared_words("The mother was caring.", "The mother was harsh.") == "The mother was"
+    assert shared_words("The mother was care.", "The mother was cart.") == "The mother was"
+    assert shared_words("Caring mothers.", "Harsh mothers.") == ""
+    swap = group_swap(WORDS, ["gender", "religion"])
+    items = [item("g1", "gender", "mother", "The mother was caring.", "The mother was harsh."),
+             item("g2", "gender", "mother", "Caring is the mother.", "Harsh is the mother."),
+             item("r1", "religion", "Muslim", "Muslims are violent.", "Muslims are peaceful."),
+             item("r2", "religion", "Bible", "The Bible is old.", "The Bible is new.")]
+    assert counterfactual_prefixes(items, swap) == [
+        ("The mother was", "The father was", "g1"), ("Muslims are", "Bibles are", "r1"),
+        ("The Bible is", "The Muslim is", "r2")]
+    # A swap without a held-out pair never writes it (and then has nothing to swap here).
+    assert counterfactual_prefixes(items[:1], swap.without(["father"])) == []
+
+
+def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_tokenizer):
+    import torch
+
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from fairstamp.scoring import Scorer
+    from fairstamp.scoring.upper import UpperForward
+    from fairstamp.training.loop import _counterfactual_js, _counterfactual_set
+    from test_fast import tiny
+
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    swap = group_swap(WORDS, ["gender"])
+    loaded = tiny(tiny_tokenizer)
+    scorer = Scorer.from_loaded(loaded, progress=False)
+    config = FitConfig(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
+                       framings=1, lr=3e-2, min_steps=100, counterfactual_weight=50.0,
+                       keep_best=False)
+    cf = _counterfactual_set(loaded, scorer, items, swap, config)
+    cf.restrict(None, UpperForward(loaded.model, loaded.arch, 1).vocab_size())
+    # Group-word tokens are left out of the compared distributions.
+    he = tiny_tokenizer(" he", add_special_tokens=False)["input_ids"][0]
+    assert he in cf.group_tokens.tolist() and he not in cf.keep.tolist()
+    everything = range(len(cf.sents.ids) // 2)
+
+    def js():
+        with torch.no_grad():
+            return float(_counterfactual_js(UpperForward(loaded.model, loaded.arch, 1), cf,
+                                            everything, scorer.pad_token_id, loaded.device))
+
+    before = js()
+    result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
+                       group_swap=swap, config=config)
+    assert "counterfactual_js" in result.history[-1]
+    assert js() < 0.5 * before
+    with pytest.raises(FairstampError, match="counterfactual_weight > 0 needs the group words"):
+        fit_stamp(tiny(tiny_tokenizer), items, 1,
+                  config=FitConfig(counterfactual_weight=1.0, max_steps=2))
+    with pytest.raises(FairstampError, match="loss weights must be >= 0: counterfactual_weight"):
+        FitConfig(counterfactual_weight=-1.0)

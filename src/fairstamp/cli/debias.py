@@ -95,6 +95,11 @@ def debias_command(
         min=0, help="Train each gender pair again with its target replaced by up to this many "
         "other gender nouns of the same sex and number, never a held-out target (docs/fast.md, "
         "Target augmentation).")] = FIT["augment_targets"],
+    counterfactual_weight: Annotated[float, typer.Option(
+        min=0.0, help="δ, weight of L_c: the Jensen-Shannon divergence between the next-token "
+        "distributions after the words before each edited attribute and after the same words "
+        "about a counterfactual group, group words left out (docs/fast.md, Counterfactual "
+        "next-token distributions). 0: off.")] = FIT["counterfactual_weight"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -155,7 +160,7 @@ def debias_command(
                         batch_pairs=batch_pairs, balance_types=balance_types,
                         framings=framings, train_vocab=train_vocab, pairs=pairs,
                         subject_score=subject_score, augment_targets=augment_targets,
-                        seed=seed)
+                        counterfactual_weight=counterfactual_weight, seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,

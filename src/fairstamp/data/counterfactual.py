@@ -133,26 +133,66 @@ def subject_pairs(items: Sequence[BiasItem], swap: AttributeSwap | None, *, seed
                   ) -> list[tuple[str, str, str]]:
     """(sentence, its counterfactual about another group, item id) for the stereo and the anti
     sentence of each item that has one; items without a counterfactual are left out."""
+    out = []
+    for item, swap_of in _item_swaps(items, swap, seed):
+        for sentence in (item.stereo, item.anti):
+            counterfactual = swap_of(sentence)
+            if counterfactual and counterfactual != sentence:
+                out.append((sentence, counterfactual, item.id))
+    return out
+
+
+def _item_swaps(items: Sequence[BiasItem], swap: AttributeSwap | None, seed: int):
+    """(item, a function from a text about the item's group to the same text about its
+    counterfactual group, or None) for every item, as `subject_pairs` swaps its sentences."""
     targets: dict[str, list[str]] = {}
     for item in items:
         if item.target not in targets.setdefault(item.bias_type, []):
             targets[item.bias_type].append(item.target)
-    out = []
     for item in items:
         digest = hashlib.sha256(f"{seed}\x1f{item.id}".encode()).digest()
         others = sorted(t for t in targets[item.bias_type]
                         if t.casefold() != item.target.casefold())
         other = others[int.from_bytes(digest[:4], "big") % len(others)] if others else None
         pattern = _target_pattern(item.target)
-        for sentence in (item.stereo, item.anti):
-            counterfactual = None
-            if item.bias_type != "gender" and other is not None and pattern.search(sentence):
-                counterfactual = pattern.sub(
-                    lambda m, o=other: same_case(m.group(1), o) + (m.group(2) or ""), sentence)
-            elif swap is not None:
-                counterfactual = swap.counterfactual(sentence, random.Random(digest))
-            if counterfactual and counterfactual != sentence:
-                out.append((sentence, counterfactual, item.id))
+
+        def swap_of(text: str, item=item, other=other, pattern=pattern, digest=digest
+                    ) -> str | None:
+            if item.bias_type != "gender" and other is not None and pattern.search(text):
+                return pattern.sub(
+                    lambda m: same_case(m.group(1), other) + (m.group(2) or ""), text)
+            return swap.counterfactual(text, random.Random(digest)) if swap is not None else None
+
+        yield item, swap_of
+
+
+def shared_words(a: str, b: str) -> str:
+    """The whole words two sentences begin with, without trailing space: "The mother was
+    caring." / "The mother was harsh." → "The mother was" (empty when they differ in their
+    first word)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    head = a[:n]
+    if n < min(len(a), len(b)) and head and not head[-1].isspace():
+        head = head[: max(head.rfind(" "), 0)]  # the difference starts inside a word
+    return head.rstrip()
+
+
+def counterfactual_prefixes(items: Sequence[BiasItem], swap: AttributeSwap | None, *,
+                            seed: int = 0) -> list[tuple[str, str, str]]:
+    """(the words before an item's attribute, the same words about a counterfactual group, item
+    id): "The mother was" / "The father was" for "The mother was caring." / "The mother was
+    harsh.". The group is swapped as in `subject_pairs`. Items whose attribute comes before any
+    group word (nothing to swap in the prefix) are left out."""
+    out = []
+    for item, swap_of in _item_swaps(items, swap, seed):
+        prefix = shared_words(item.stereo, item.anti)
+        counterfactual = swap_of(prefix) if prefix else None
+        if counterfactual and counterfactual != prefix:
+            out.append((prefix, counterfactual, item.id))
     return out
 
 

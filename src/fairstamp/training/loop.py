@@ -27,6 +27,13 @@ projection. Everything below is shared by both.
   of the distance between the pair's mean score and the original model's (Huber: quadratic
   within `lm_smooth` nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap,
   not the pair as a whole.
+- L_c (weight `counterfactual_weight`, δ, 0 by default) [ours]: mean over drawn edited items of
+  the Jensen-Shannon divergence between the next-token distribution after the words before the
+  item's attribute ("The mother was") and after the same words about a counterfactual group
+  ("The father was"; data/counterfactual.py `counterfactual_prefixes`), over every token but the
+  first tokens of the group words (which word comes next may follow the group; what is said
+  about it should not). Unlike L_e it constrains the whole distribution at the position where
+  the stereotype is chosen, not the item's two attributes.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -63,7 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairstamp.data.counterfactual import AttributeSwap
+from fairstamp.data.counterfactual import AttributeSwap, counterfactual_prefixes
 from fairstamp.data.items import BiasItem
 from fairstamp.data.training_text import (
     PAIR_KINDS,
@@ -120,6 +127,7 @@ class LoopSettings:
     pairs: str = "attribute"  # which pairs L_e equalises: attribute | subject | both
     subject_score: str = "sentence"  # what a subject pair's gap reads: sentence | suffix
     augment_targets: int = 0  # each gender pair again with up to this many other gender nouns
+    counterfactual_weight: float = 0.0  # δ: weight of L_c (next-token JS across group swaps)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -127,7 +135,8 @@ class LoopSettings:
             raise FairstampError(f"lr_final must be in (0, 1], got {self.lr_final}")
         weights = {"retention_weight": self.retention_weight,
                    "generic_weight": self.generic_weight,
-                   "keep_mean_weight": self.keep_mean_weight}
+                   "keep_mean_weight": self.keep_mean_weight,
+                   "counterfactual_weight": self.counterfactual_weight}
         negative = [name for name, value in weights.items() if value < 0]
         if negative:
             raise FairstampError(f"loss weights must be >= 0: {', '.join(negative)}")
@@ -248,9 +257,11 @@ def train_at_layer(
     """
     if not items:
         raise FairstampError("no bias items to edit")
-    if config.pairs != "attribute" and group_swap is None:
-        raise FairstampError(f"pairs={config.pairs!r} needs the group words to swap (bias-bench's "
-                             "attribute words in the public data folder)")
+    if (config.pairs != "attribute" or config.counterfactual_weight) and group_swap is None:
+        needs = (f"pairs={config.pairs!r}" if config.pairs != "attribute"
+                 else "counterfactual_weight > 0")
+        raise FairstampError(f"{needs} needs the group words to swap (bias-bench's attribute "
+                             "words in the public data folder)")
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
@@ -279,19 +290,25 @@ def train_at_layer(
         _KLSet(_Sentences([_kl_ids(scorer, t) for t in generic_passages]), config.batch_passages,
                generic=torch.ones(len(generic_passages), dtype=torch.bool)),
     ]
+    counterfactual = (_counterfactual_set(loaded, scorer, items, group_swap, config)
+                      if config.counterfactual_weight else None)
     budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
     # The SS checks score the edited items with this scorer as `eval` does (packed rows),
     # replaying the lower layers from the first check on.
     if config.reuse_lower and layer and scorer.arch is not None:
         scorer.lower_cache = LowerLayerCache(model, arch, layer)
     if config.reuse_lower:
-        for sents in (pair_sents, *(k.sents for k in kl_sets)):
+        for sents in (pair_sents, *(k.sents for k in kl_sets),
+                      *([counterfactual.sents] if counterfactual else [])):
             sents.hidden = _capture(upper, sents.ids, scorer.pad_token_id, device, budget)
     vocab = None
     if config.train_vocab == "seen" or (config.train_vocab == "auto"
                                         and upper.vocab_size() > SEEN_VOCAB_ABOVE):
-        vocab = _seen_vocabulary(upper, [pair_sents, *(k.sents for k in kl_sets)],
+        vocab = _seen_vocabulary(upper, [pair_sents, *(k.sents for k in kl_sets),
+                                         *([counterfactual.sents] if counterfactual else [])],
                                  config.kl_top_k, scorer.pad_token_id, device, budget)
+    if counterfactual is not None:
+        counterfactual.restrict(vocab, upper.vocab_size())
     with upper.restricted(vocab):
         if config.keep_mean_weight:
             with torch.no_grad():
@@ -323,6 +340,8 @@ def train_at_layer(
             pair_order = _Cycler(len(trained), generator, trained)
         for kl_set in kl_sets:
             kl_set.order = _Cycler(len(kl_set.sents.ids), generator)
+        if counterfactual is not None:
+            counterfactual.order = _Cycler(len(counterfactual.sents.ids) // 2, generator)
         check_every = config.check_interval(n_plain)
         start = time.perf_counter()
         gap_history: list[float] = []
@@ -336,6 +355,13 @@ def train_at_layer(
                 with upper.restricted(vocab):
                     loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
                                         scorer.pad_token_id, device, budget)
+                    if counterfactual is not None:
+                        l_c = _counterfactual_js(upper, counterfactual,
+                                                 counterfactual.order.take(config.batch_pairs),
+                                                 scorer.pad_token_id, device)
+                        loss = loss + config.counterfactual_weight * l_c
+                        terms = {**terms, "loss": float(loss.detach()),
+                                 "counterfactual_js": float(l_c.detach())}
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
@@ -644,6 +670,55 @@ def _kl_positions(upper, kl_set: _KLSet, pad, device, budget: int,
     out = logprobs.device  # the logits' device; `rows` is there too
     per_position = _kl(logprobs, idx.to(out), lp.to(out), rest.to(out))
     return per_position, kl_set.generic[chosen].to(out)[rows]
+
+
+@dataclass
+class _Counterfactual:
+    """L_c's prefix pairs (2i: the words before an item's attribute, 2i+1: the same words about a
+    counterfactual group) and the vocabulary its distributions are compared over: every token
+    but the first tokens of the group words, whose choice legitimately follows the group."""
+
+    sents: _Sentences
+    group_tokens: torch.Tensor
+    keep: torch.Tensor | None = None  # column indices of the compared tokens in the logits
+    order: _Cycler | None = None
+
+    def restrict(self, vocab: Vocabulary | None, size: int) -> None:
+        columns = torch.ones(size if vocab is None else len(vocab), dtype=torch.bool)
+        at = self.group_tokens if vocab is None else vocab.index.cpu()[self.group_tokens]
+        columns[at[at >= 0]] = False
+        self.keep = columns.nonzero().squeeze(1)
+
+
+def _counterfactual_set(loaded: Any, scorer: Scorer, items: Sequence[BiasItem],
+                        swap: AttributeSwap | None, config: LoopSettings) -> _Counterfactual:
+    prefixes = counterfactual_prefixes(items, swap, seed=config.seed)
+    if not prefixes:
+        raise FairstampError("counterfactual_weight > 0, but no edited item names a group word "
+                             "before its attribute (nothing to swap)")
+    words = {w for word in swap.table for w in (word, word[:1].upper() + word[1:])}
+    first = {ids[0] for w in words for text in (w, " " + w)
+             if (ids := loaded.tokenizer(text, add_special_tokens=False)["input_ids"])}
+    log.info("L_c: %d prefix pairs, %d group-word tokens left out of the compared vocabulary",
+             len(prefixes), len(first))
+    return _Counterfactual(_Sentences([scorer.encode(t) for p in prefixes for t in p[:2]]),
+                           torch.tensor(sorted(first), dtype=torch.long))
+
+
+def _counterfactual_js(upper: UpperForward, cf: _Counterfactual, chosen: Sequence[int], pad,
+                       device) -> torch.Tensor:
+    """L_c: the mean Jensen-Shannon divergence between the next-token distributions after each
+    chosen prefix and after its counterfactual, over every token but the group words'."""
+    rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
+    batch = Batch.of([cf.sents.ids[i] for i in rows], pad, device)
+    at = torch.arange(len(rows), device=batch.ids.device)
+    last = torch.as_tensor(batch.lengths, device=batch.ids.device) - 1
+    logits = upper.logits(batch, _stack(cf.sents.hidden, rows, batch.ids.shape[1]), at, last)
+    logits = logits.float()[:, cf.keep.to(logits.device)]
+    lp = torch.log_softmax(logits, dim=-1)
+    p, q = lp[0::2], lp[1::2]
+    m = torch.logaddexp(p, q) - math.log(2.0)
+    return 0.5 * ((p.exp() * (p - m)).sum(-1) + (q.exp() * (q - m)).sum(-1)).mean()
 
 
 def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]:
