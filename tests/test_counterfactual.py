@@ -202,26 +202,31 @@ def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_token
     swap = group_swap(WORDS, ["gender"])
     loaded = tiny(tiny_tokenizer)
     scorer = Scorer.from_loaded(loaded, progress=False)
-    config = FitConfig(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
-                       framings=1, lr=3e-2, min_steps=100, counterfactual_weight=50.0,
-                       keep_best=False)
-    cf = _counterfactual_set(loaded, scorer, items, swap, config)
+    settings = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
+                    framings=1, lr=3e-3, min_steps=100, keep_best=False)
+    # The tiny model's JS is ~1e-4 nats: δ must be large for L_c to weigh against L_e.
+    config = FitConfig(counterfactual_weight=1e4, **settings)
+    cf = _counterfactual_set(scorer, items, swap, config)
     cf.restrict(None, UpperForward(loaded.model, loaded.arch, 1).vocab_size())
     # Group-word tokens are left out of the compared distributions.
     he = tiny_tokenizer(" he", add_special_tokens=False)["input_ids"][0]
     assert he in cf.group_tokens.tolist() and he not in cf.keep.tolist()
     everything = range(len(cf.sents.ids) // 2)
 
-    def js():
+    def js(model):
         with torch.no_grad():
-            return float(_counterfactual_js(UpperForward(loaded.model, loaded.arch, 1), cf,
-                                            everything, scorer.pad_token_id, loaded.device))
+            return float(_counterfactual_js(UpperForward(model.model, model.arch, 1), cf,
+                                            everything, scorer.pad_token_id, model.device))
 
-    before = js()
+    before = js(loaded)
+    # The same training without L_c, from the same model and seed: L_e alone does not do it.
+    plain = tiny(tiny_tokenizer)
+    fit_stamp(plain, items, 1, retention_sentences=["Christians celebrate Easter."],
+              group_swap=swap, config=FitConfig(**settings))
     result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
                        group_swap=swap, config=config)
     assert "counterfactual_js" in result.history[-1]
-    assert js() < 0.5 * before
+    assert js(loaded) < 0.25 * min(before, js(plain))  # measured: 6e-6 against 5.6e-5
     with pytest.raises(FairstampError, match="counterfactual_weight > 0 needs the group words"):
         fit_stamp(tiny(tiny_tokenizer), items, 1,
                   config=FitConfig(counterfactual_weight=1.0, max_steps=2))

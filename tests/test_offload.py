@@ -206,9 +206,9 @@ def test_eval_records_dtype_and_device_map(tmp_path, tiny_model_dir, capsys):
                         "--limit", "3", "--bootstrap", "0", "--no-rule-paraphrases",
                         "--device-map", json.dumps(DISK_MAP), "-o", str(out)], capsys)
     assert code == 0, err
-    config = json.loads((out / "metrics.json").read_text())["config"]
-    assert config["dtype"] == "float32"
-    assert config["device_map"] == DISK_MAP
+    model = json.loads((out / "metrics.json").read_text())["model"]
+    assert model["dtype"] == "float32"
+    assert model["device_map"] == DISK_MAP
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -160,5 +160,5 @@ def test_eval_in_bfloat16_records_its_dtype(tmp_path, tiny_model_dir, capsys):
                         "--limit", "3", "--bootstrap", "0", "--no-rule-paraphrases",
                         "--dtype", "bfloat16", "-o", str(out)], capsys)
     assert code == 0, err
-    config = json.loads((out / "metrics.json").read_text())["config"]
-    assert (config["dtype"], config["device_map"]) == ("bfloat16", None)
+    model = json.loads((out / "metrics.json").read_text())["model"]
+    assert (model["dtype"], model["device_map"]) == ("bfloat16", None)

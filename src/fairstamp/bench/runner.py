@@ -233,7 +233,7 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
                             "the whole process so far (not isolated)")
     clock = time.perf_counter()
     processes = current_processes()
-    evaluation = evaluate(loaded, setup.eval_config.placed(loaded), progress=progress,
+    evaluation = evaluate(loaded, setup.eval_config, progress=progress,
                           bias_items=setup.items, reference_predictions=reference,
                           max_batch_tokens=config.max_batch_tokens, processes=processes)
     result["eval_seconds"] = round(time.perf_counter() - clock, 2)

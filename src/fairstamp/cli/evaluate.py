@@ -147,7 +147,6 @@ def eval_command(
             V.claimed_output(export_stereoset_predictions if writes else None,
                              overwrite=overwrite, option="--export-stereoset-predictions"):
         loaded = V.load_model(model, cache_dir=cache_dir, **placement)
-        config.placed(loaded)
         if stamp is not None:
             Stamp.from_pretrained(stamp, loaded)
             config.edited_ids, config.retention_trained_ids = read_edited_ids(stamp)

@@ -128,6 +128,7 @@ def check_placement(*, device: str | None = None, device_map: str | None = None,
     together; returns the keyword arguments of `fairstamp.models.load` (and of `load_model`)."""
     from fairstamp.models.placement import (
         DTYPES,
+        STRATEGIES,
         map_devices,
         parse_device_map,
         parse_max_memory,
@@ -144,8 +145,7 @@ def check_placement(*, device: str | None = None, device_map: str | None = None,
         if placed is None:
             placed = "auto"
             log.info("--max-memory given: placing the model with --device-map auto")
-        elif isinstance(placed, dict) or placed not in ("auto", "balanced", "balanced_low_0",
-                                                        "sequential"):
+        elif isinstance(placed, dict) or placed not in STRATEGIES:
             raise FairstampError(f"--max-memory sets the budgets of a --device-map strategy "
                                  f"(auto, balanced, balanced_low_0, sequential), not of "
                                  f"--device-map {device_map}")
@@ -184,8 +184,9 @@ def _runs_on_cpu(device: str | None, device_map: Any, max_memory: Any) -> bool:
         return device.startswith("cpu")
     if isinstance(device_map, dict):
         return all(d in ("cpu", "disk") for d in device_map.values())
-    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0",
-                                                          "sequential"):
+    from fairstamp.models.placement import STRATEGIES
+
+    if isinstance(device_map, str) and device_map not in STRATEGIES:
         return device_map.startswith("cpu")
     import torch
 

@@ -82,10 +82,6 @@ class EvalConfig:
     # Ids of the retention items a stamp's L_s1 term saw: RS is also reported without them.
     retention_trained_ids: list[str] | None = None
     stamp: str | None = None  # the stamp folder attached during the evaluation, if any
-    # The evaluated model's precision and placement (module → device; None: all on one
-    # device), taken from the model by `placed`.
-    dtype: str = "float32"
-    device_map: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.suite not in SUITE_PARTS:
@@ -108,13 +104,6 @@ class EvalConfig:
                                  f"{self.bold_max_new_tokens!r}")
         if not self.bold_temperature > 0:
             raise FairstampError(f"bold_temperature must be > 0, got {self.bold_temperature!r}")
-
-    def placed(self, loaded: Any) -> EvalConfig:
-        """Record the precision and placement of `loaded` (a LoadedModel), the model this
-        configuration evaluates; returns self."""
-        placement = loaded.placement()
-        self.dtype, self.device_map = placement["dtype"], placement["device_map"]
-        return self
 
     @property
     def parts(self) -> tuple[str, ...]:

@@ -137,7 +137,6 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     setup = prepare_edit(config)
-    setup.eval_config.placed(loaded)
     layer, layer_source, trace = edit_layer(loaded, config, setup, progress=progress)
     seconds["trace"] = time.perf_counter() - clock
     # The stamp sits in layer `layer`: the layers below it compute the same before and after, so

@@ -290,7 +290,7 @@ def train_at_layer(
         _KLSet(_Sentences([_kl_ids(scorer, t) for t in generic_passages]), config.batch_passages,
                generic=torch.ones(len(generic_passages), dtype=torch.bool)),
     ]
-    counterfactual = (_counterfactual_set(loaded, scorer, items, group_swap, config)
+    counterfactual = (_counterfactual_set(scorer, items, group_swap, config)
                       if config.counterfactual_weight else None)
     budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
     # The SS checks score the edited items with this scorer as `eval` does (packed rows),
@@ -690,7 +690,7 @@ class _Counterfactual:
         self.keep = columns.nonzero().squeeze(1)
 
 
-def _counterfactual_set(loaded: Any, scorer: Scorer, items: Sequence[BiasItem],
+def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
                         swap: AttributeSwap | None, config: LoopSettings) -> _Counterfactual:
     prefixes = counterfactual_prefixes(items, swap, seed=config.seed)
     if not prefixes:
@@ -698,7 +698,7 @@ def _counterfactual_set(loaded: Any, scorer: Scorer, items: Sequence[BiasItem],
                              "before its attribute (nothing to swap)")
     words = {w for word in swap.table for w in (word, word[:1].upper() + word[1:])}
     first = {ids[0] for w in words for text in (w, " " + w)
-             if (ids := loaded.tokenizer(text, add_special_tokens=False)["input_ids"])}
+             if (ids := scorer.tokenizer(text, add_special_tokens=False)["input_ids"])}
     log.info("L_c: %d prefix pairs, %d group-word tokens left out of the compared vocabulary",
              len(prefixes), len(first))
     return _Counterfactual(_Sentences([scorer.encode(t) for p in prefixes for t in p[:2]]),
