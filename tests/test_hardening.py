@@ -142,6 +142,11 @@ def test_ctrl_c_exits_130_says_what_was_interrupted_and_writes_nothing(tmp_path,
     (["--data-dir", "{tmp}/absent"], "--data-dir {tmp}/absent: no such folder"),
     (["--device", "warp:0"], "--device 'warp:0': not a torch device"),
     (["--layer", "999"], "--layer 999 is out of range: {model} has 3 layers (0-2)"),
+    (["--counterfactual-weight", "3", "--data-dir", "{tmp}"],
+     "counterfactual_weight > 0 swaps group words, read from "
+     "{tmp}/bias_bench/bias_attribute_words.json, which is missing"),
+    (["--pairs", "subject", "--bias-types", "profession"],
+     "pairs='subject' swaps group words, which exist for gender, race, religion only"),
 ])
 def test_debias_refuses_bad_options_before_any_model_work(args, message, tmp_path, capsys,
                                                           tiny_model_dir, no_model_work):

@@ -30,6 +30,7 @@ from fairstamp.fast.train import FitConfig
 from fairstamp.reporting.before_after import print_before_after
 from fairstamp.runs.config import defaults
 from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
+from fairstamp.runs.setup import check_group_words
 from fairstamp.stamp.module import READS
 from fairstamp.utils.distributed import current_processes
 
@@ -175,6 +176,7 @@ def debias_command(
         if quick:
             config = config.quick()
         V.check_layer_option(layer, model, cache_dir)  # from the model's config alone
+        check_group_words(config)
         items = load_bias_set(config.data, config.bias_types, config.limit)  # read, validated
         loaded = V.load_model(model, cache_dir=cache_dir, **placement)
         V.check_item_lengths(items, data, loaded.tokenizer)

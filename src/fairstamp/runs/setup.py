@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
 from fairstamp.data.bias_sets import load_bias_set
 from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem, RetentionItem
@@ -62,12 +63,35 @@ class EditSetup:
                                                if i.target.casefold() not in edited}))
 
 
+#: The bias types whose group words data/counterfactual.py swaps.
+SWAPPED_TYPES = ("gender", "race", "religion")
+
+
+def check_group_words(config: EditRunConfig) -> None:
+    """Refuse, before any model work, training settings that swap group words (subject-swap
+    pairs, L_c) when there are none to swap: no attribute-words file, or no bias type it covers."""
+    fit = getattr(config, "fit", None)
+    needs = fit.needs_group_words if fit is not None else None
+    if not needs:
+        return
+    root = data_root(config.data_dir)
+    path = Path(root) / ATTRIBUTE_WORDS if root is not None else ATTRIBUTE_WORDS
+    if root is None or not path.is_file():
+        raise DataError(f"{needs} swaps group words, read from {path}, which is missing: pass "
+                        "--data-dir with the public data folder, or train without it")
+    if config.bias_types and not set(config.bias_types) & set(SWAPPED_TYPES):
+        raise DataError(f"{needs} swaps group words, which exist for "
+                        f"{', '.join(SWAPPED_TYPES)} only; the edit is of "
+                        f"{', '.join(config.bias_types)}")
+
+
 def prepare_edit(config: EditRunConfig) -> EditSetup:
     """Load and split the bias items and the training text that `config` names."""
     root = data_root(config.data_dir)
     if root is None:
         raise DataError("editing needs the public data folder (WikiText-2, paraphrases): "
                         "pass --data-dir or set $FAIRSTAMP_DATA")
+    check_group_words(config)
     # Paraphrases are evaluation-only: `evaluate` attaches them; training never reads them.
     items = load_bias_set(config.data, config.bias_types, config.limit)
     edit, held_out = split_by_target(items, held_out_fraction=config.held_out_fraction,

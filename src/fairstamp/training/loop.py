@@ -130,6 +130,16 @@ class LoopSettings:
     counterfactual_weight: float = 0.0  # δ: weight of L_c (next-token JS across group swaps)
     seed: int = 0
 
+    @property
+    def needs_group_words(self) -> str | None:
+        """What in these settings swaps group words (bias-bench's attribute words in the public
+        data folder), or None when nothing does."""
+        if self.pairs != "attribute":
+            return f"pairs={self.pairs!r}"
+        if self.counterfactual_weight:
+            return "counterfactual_weight > 0"
+        return None
+
     def __post_init__(self) -> None:
         if not 0.0 < self.lr_final <= 1.0:
             raise FairstampError(f"lr_final must be in (0, 1], got {self.lr_final}")
@@ -257,11 +267,9 @@ def train_at_layer(
     """
     if not items:
         raise FairstampError("no bias items to edit")
-    if (config.pairs != "attribute" or config.counterfactual_weight) and group_swap is None:
-        needs = (f"pairs={config.pairs!r}" if config.pairs != "attribute"
-                 else "counterfactual_weight > 0")
-        raise FairstampError(f"{needs} needs the group words to swap (bias-bench's attribute "
-                             "words in the public data folder)")
+    if config.needs_group_words and group_swap is None:
+        raise FairstampError(f"{config.needs_group_words} needs the group words to swap "
+                             "(bias-bench's attribute words in the public data folder)")
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
