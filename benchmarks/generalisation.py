@@ -8,7 +8,8 @@ finished recipe (its JSON in the results folder) is not run again, so an interru
 
 Usage: python benchmarks/generalisation.py [--model smollm2-135m] [--bias-types gender]
            [--folds 5] [--recipe NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results]
-Writes benchmarks/results/generalisation-<model>-<bias types>.{json,md}.
+Writes benchmarks/results/generalisation-<model>-<bias types>-cv<K>.{json,md,png} (the png:
+each recipe's held-out SS against the LMS it cost).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from fairstamp.methods import get_method
 from fairstamp.models import load
+from fairstamp.reporting.plots import recipe_tradeoff
 from fairstamp.reporting.report import fmt_change
 from fairstamp.runs.config import EditRunConfig, choose_layer
 from fairstamp.runs.folds import cross_validate
@@ -42,7 +44,22 @@ def fmt(mv: dict | None) -> str:
     return "–" if mv is None else f"{mv['value']:.1f} [{mv['ci_low']:.1f}, {mv['ci_high']:.1f}]"
 
 
-def table(model: str, bias_types: str, folds: int, rows: dict[str, dict]) -> str:
+def tradeoff_points(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Each recipe's pooled held-out SS after and the held-out LMS it cost."""
+    points = {}
+    for name, r in rows.items():
+        cv = r["cross_validation"]
+        lms_before, lms_after = (cv[side].get("lms", {}).get("overall") for side in
+                                 ("before", "after"))
+        if lms_before is None or lms_after is None:
+            continue
+        points[name] = {"ss": cv["after"]["ss"]["overall"]["value"],
+                        "lms_drop": lms_before["value"] - lms_after["value"]}
+    return points
+
+
+def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
+          plot: str | None = None) -> str:
     lines = [f"# Generalisation by recipe — {model}, StereoSet dev {bias_types}, {folds}-fold "
              "cross-validation by target", "",
              "Command: `python benchmarks/generalisation.py` (each recipe: one stamp per fold, "
@@ -72,6 +89,9 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict]) -> str
         for name, r in rows.items():
             by = r["cross_validation"]["after"]["ss"]["by_type"]
             lines.append(f"| {name} | " + " | ".join(fmt(by.get(t)) for t in types) + " |")
+    if plot:
+        lines += ["", "The trade-off: each recipe's distance from 50 against the LMS it cost "
+                  "(dotted: the 1-point limit).", "", f"![trade-off]({plot})"]
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +133,12 @@ def main() -> None:
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])
     atomic_write_json(args.out / f"generalisation-{slug}.json", rows)
-    text = table(args.model, args.bias_types, args.folds, rows)
+    before = next(iter(rows.values()))["cross_validation"]["before"]["ss"]["overall"]["value"]
+    plot = recipe_tradeoff(tradeoff_points(rows), args.out / f"generalisation-{slug}.png",
+                           title=f"FAST recipes, {args.model}, {args.bias_types}: "
+                                 f"{args.folds}-fold CV by target", before=before)
+    text = table(args.model, args.bias_types, args.folds, rows,
+                 plot=plot.name if plot is not None else None)
     atomic_write_text(args.out / f"generalisation-{slug}.md", text)
     print(text)
 

@@ -121,6 +121,8 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     assert len(tables) == 1
     text = tables[0].read_text()
     assert "| attribute | max_steps=2, width=8 |" in text and "| both |" in text
+    plot = tables[0].with_suffix(".png")
+    assert f"![trade-off]({plot.name})" in text and plot.read_bytes()[:4] == b"\x89PNG"
     rows = json.loads(tables[0].with_suffix(".json").read_text())
     assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
         "before"]

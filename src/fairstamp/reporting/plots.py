@@ -240,6 +240,32 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Pa
     return _save(fig, path)
 
 
+def recipe_tradeoff(points: Mapping[str, Mapping[str, float]], path: Path, *, title: str,
+                    before: float | None = None) -> Path | None:
+    """One point per training recipe (benchmarks/generalisation.py): |cross-validated held-out
+    SS − 50| against the knowledge cost, the held-out LMS lost (points). `points` maps a recipe
+    to {"ss": ..., "lms_drop": ...}; `before` (the unedited held-out SS) adds the original
+    model's point at zero cost."""
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if before is not None:
+        ax.scatter([abs(before - 50.0)], [0.0], s=120, marker="*", color="black")
+        ax.annotate("original", (abs(before - 50.0), 0.0), textcoords="offset points",
+                    xytext=(5, -12), fontsize=8)
+    for name, point in points.items():
+        x, y = abs(point["ss"] - 50.0), point["lms_drop"]
+        ax.scatter([x], [y], s=50)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)  # the LMS target: drop <= 1
+    ax.set_xlabel("|held-out SS − 50|, cross-validated by target (lower is better)")
+    ax.set_ylabel("held-out LMS lost (points; lower is better)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def _whiskers(ax, xs: Sequence[float], values: Sequence[Mapping[str, float]], **kw: Any) -> None:
     """Points with CI whiskers; a percentile CI need not contain its point (the largest of
     several noisy gaps is biased upward, and so are its resamples), so a whisker is drawn up to
