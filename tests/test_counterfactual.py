@@ -195,7 +195,7 @@ def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_token
     from fairstamp.fast.train import FitConfig, fit_stamp
     from fairstamp.scoring import Scorer
     from fairstamp.scoring.upper import UpperForward
-    from fairstamp.training.loop import _counterfactual_js, _counterfactual_set
+    from fairstamp.training.loop import _counterfactual_loss, _counterfactual_set
     from test_fast import tiny
 
     items = load_stereoset(bias_types=["gender"], limit=12)
@@ -215,8 +215,8 @@ def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_token
 
     def js(model):
         with torch.no_grad():
-            return float(_counterfactual_js(UpperForward(model.model, model.arch, 1), cf,
-                                            everything, scorer.pad_token_id, model.device))
+            return float(_counterfactual_loss(UpperForward(model.model, model.arch, 1), cf,
+                                              everything, scorer.pad_token_id, model.device))
 
     before = js(loaded)
     # The same training without L_c, from the same model and seed: L_e alone does not do it.
@@ -232,3 +232,60 @@ def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_token
                   config=FitConfig(counterfactual_weight=1.0, max_steps=2))
     with pytest.raises(FairstampError, match="loss weights must be >= 0: counterfactual_weight"):
         FitConfig(counterfactual_weight=-1.0)
+
+
+def test_the_mixture_target_anchors_both_distributions_to_the_originals_mixture(tiny_tokenizer):
+    """counterfactual_target="mixture": L_c is ½(KL(m₀‖p) + KL(m₀‖q)) with m₀ the original's
+    mixture; it is zero only where both distributions are m₀, and training with it ends nearer
+    m₀ than training with the JS target, which lets the pair meet anywhere."""
+    import torch
+
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from fairstamp.scoring import Scorer
+    from fairstamp.scoring.upper import UpperForward
+    from fairstamp.training.loop import _counterfactual_loss, _counterfactual_set, _mixture
+    from test_fast import tiny
+
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    swap = group_swap(WORDS, ["gender"])
+    settings = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
+                    framings=1, lr=3e-3, min_steps=100, keep_best=False,
+                    counterfactual_weight=1e4)
+    loaded = tiny(tiny_tokenizer)
+    scorer = Scorer.from_loaded(loaded, progress=False)
+    cf = _counterfactual_set(scorer, items, swap, FitConfig(**settings))
+    upper = UpperForward(loaded.model, loaded.arch, 1)
+    cf.restrict(None, upper.vocab_size())
+    everything = range(len(cf.sents.ids) // 2)
+    with torch.no_grad():
+        cf.anchor(upper, scorer.pad_token_id, loaded.device, chunk=5)
+        p0, q0 = _counterfactual_parts(cf, upper, scorer, loaded, everything)
+        # The hand-computed value at the original model.
+        m0 = _mixture(p0, q0)
+        kl = lambda a, b: (a.exp() * (a - b)).sum(-1)  # noqa: E731
+        expected = float((0.5 * (kl(m0, p0) + kl(m0, q0))).mean())
+        at_original = float(_counterfactual_loss(upper, cf, everything, scorer.pad_token_id,
+                                                 loaded.device))
+    assert torch.allclose(cf.mixture, m0, atol=1e-6)
+    # (float32 sums of ~1e-5 terms; the anchor was computed 5 pairs per pass)
+    assert at_original == pytest.approx(expected, rel=1e-3) and at_original > 0
+
+    def distance_to_mixture(target):
+        model = tiny(tiny_tokenizer)
+        fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
+                  group_swap=swap, config=FitConfig(counterfactual_target=target, **settings))
+        with torch.no_grad():
+            p, q = _counterfactual_parts(cf, UpperForward(model.model, model.arch, 1), scorer,
+                                         model, everything)
+            return float((0.5 * (kl(m0, p) + kl(m0, q))).mean())
+
+    anchored, free = distance_to_mixture("mixture"), distance_to_mixture("each_other")
+    assert anchored < 0.5 * free  # measured: 1.2e-4 against 5.9e-3 (7.6e-5 at the original)
+    with pytest.raises(FairstampError, match="counterfactual_target must be one of"):
+        FitConfig(counterfactual_target="anywhere")
+
+
+def _counterfactual_parts(cf, upper, scorer, loaded, chosen):
+    from fairstamp.training.loop import _prefix_logprobs
+
+    return _prefix_logprobs(upper, cf, chosen, scorer.pad_token_id, loaded.device)

@@ -32,6 +32,7 @@ from fairstamp.runs.config import defaults
 from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
 from fairstamp.runs.setup import check_group_words
 from fairstamp.stamp.module import READS
+from fairstamp.training.loop import COUNTERFACTUAL_TARGETS
 from fairstamp.utils.distributed import current_processes
 
 RUN, FIT = defaults(DebiasConfig), defaults(FitConfig)  # where every default below is written
@@ -101,6 +102,10 @@ def debias_command(
         "distributions after the words before each edited attribute and after the same words "
         "about a counterfactual group, group words left out (docs/fast.md, Counterfactual "
         "next-token distributions). 0: off.")] = FIT["counterfactual_weight"],
+    counterfactual_target: Annotated[str, typer.Option(
+        help="Where L_c pulls the two distributions: each_other (their Jensen-Shannon "
+        "divergence) or mixture (both to the original model's mixture of the two).")]
+    = FIT["counterfactual_target"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -142,6 +147,7 @@ def debias_command(
     V.check_choice(reads, READS, "--reads")
     V.check_choice(suite, SUITES, "--suite")
     V.check_choice(pairs, PAIR_KINDS, "--pairs")
+    V.check_choice(counterfactual_target, COUNTERFACTUAL_TARGETS, "--counterfactual-target")
     V.check_choice(subject_score, SUBJECT_SCORES, "--subject-score")
     V.check_positive(lr, "--lr")
     V.check_non_negative(weight_decay, "--weight-decay")
@@ -161,7 +167,8 @@ def debias_command(
                         batch_pairs=batch_pairs, balance_types=balance_types,
                         framings=framings, train_vocab=train_vocab, pairs=pairs,
                         subject_score=subject_score, augment_targets=augment_targets,
-                        counterfactual_weight=counterfactual_weight, seed=seed)
+                        counterfactual_weight=counterfactual_weight,
+                        counterfactual_target=counterfactual_target, seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,

@@ -34,6 +34,9 @@ projection. Everything below is shared by both.
   first tokens of the group words (which word comes next may follow the group; what is said
   about it should not). Unlike L_e it constrains the whole distribution at the position where
   the stereotype is chosen, not the item's two attributes.
+  `counterfactual_target="mixture"` anchors both instead: the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q),
+  m₀ the original model's mixture ½(p₀ + q₀) of the two distributions, so that they meet where
+  the original model stood on average instead of anywhere at all.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -91,6 +94,9 @@ log = logging.getLogger(__name__)
 
 #: What the training loss normalises log-probabilities over (`LoopSettings.train_vocab`).
 TRAIN_VOCABS = ("auto", "full", "seen")
+#: What L_c pulls a prefix's and its counterfactual's next-token distributions to: "each_other"
+#: (their Jensen-Shannon divergence) or "mixture" (the original model's mixture of the two).
+COUNTERFACTUAL_TARGETS = ("each_other", "mixture")
 #: "auto" trains on the seen vocabulary when the model's has more tokens than this.
 SEEN_VOCAB_ABOVE = 100_000
 
@@ -128,6 +134,7 @@ class LoopSettings:
     subject_score: str = "sentence"  # what a subject pair's gap reads: sentence | suffix
     augment_targets: int = 0  # each gender pair again with up to this many other gender nouns
     counterfactual_weight: float = 0.0  # δ: weight of L_c (next-token JS across group swaps)
+    counterfactual_target: str = "each_other"  # L_c: "each_other" (JS) | "mixture" (anchored)
     seed: int = 0
 
     @property
@@ -166,6 +173,10 @@ class LoopSettings:
         if self.augment_targets and self.pairs == "subject":
             raise FairstampError("augment_targets copies attribute pairs: use it with pairs="
                                  "attribute or both, not subject")
+        if self.counterfactual_target not in COUNTERFACTUAL_TARGETS:
+            raise FairstampError(f"counterfactual_target must be one of "
+                                 f"{', '.join(COUNTERFACTUAL_TARGETS)}, got "
+                                 f"{self.counterfactual_target!r}")
         if self.check_every < 0:
             raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
                                  f"{self.check_every}")
@@ -317,6 +328,9 @@ def train_at_layer(
                                  config.kl_top_k, scorer.pad_token_id, device, budget)
     if counterfactual is not None:
         counterfactual.restrict(vocab, upper.vocab_size())
+        if config.counterfactual_target == "mixture":
+            with upper.restricted(vocab), torch.no_grad():
+                counterfactual.anchor(upper, scorer.pad_token_id, device, config.batch_pairs)
     with upper.restricted(vocab):
         if config.keep_mean_weight:
             with torch.no_grad():
@@ -364,9 +378,9 @@ def train_at_layer(
                     loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
                                         scorer.pad_token_id, device, budget)
                     if counterfactual is not None:
-                        l_c = _counterfactual_js(upper, counterfactual,
-                                                 counterfactual.order.take(config.batch_pairs),
-                                                 scorer.pad_token_id, device)
+                        l_c = _counterfactual_loss(upper, counterfactual,
+                                                   counterfactual.order.take(config.batch_pairs),
+                                                   scorer.pad_token_id, device)
                         loss = loss + config.counterfactual_weight * l_c
                         terms = {**terms, "loss": float(loss.detach()),
                                  "counterfactual_js": float(l_c.detach())}
@@ -689,6 +703,7 @@ class _Counterfactual:
     sents: _Sentences
     group_tokens: torch.Tensor
     keep: torch.Tensor | None = None  # column indices of the compared tokens in the logits
+    mixture: torch.Tensor | None = None  # the "mixture" target: log ½(p₀ + q₀), per pair
     order: _Cycler | None = None
 
     def restrict(self, vocab: Vocabulary | None, size: int) -> None:
@@ -696,6 +711,14 @@ class _Counterfactual:
         at = self.group_tokens if vocab is None else vocab.index.cpu()[self.group_tokens]
         columns[at[at >= 0]] = False
         self.keep = columns.nonzero().squeeze(1)
+
+    def anchor(self, upper: UpperForward, pad, device, chunk: int) -> None:
+        """Record the original model's mixture of each pair's two distributions (the
+        "mixture" target), `chunk` pairs per pass."""
+        pairs = range(len(self.sents.ids) // 2)
+        self.mixture = torch.cat([
+            _mixture(*_prefix_logprobs(upper, self, pairs[k: k + chunk], pad, device)).cpu()
+            for k in range(0, len(pairs), chunk)])
 
 
 def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
@@ -713,20 +736,35 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
                            torch.tensor(sorted(first), dtype=torch.long))
 
 
-def _counterfactual_js(upper: UpperForward, cf: _Counterfactual, chosen: Sequence[int], pad,
-                       device) -> torch.Tensor:
-    """L_c: the mean Jensen-Shannon divergence between the next-token distributions after each
-    chosen prefix and after its counterfactual, over every token but the group words'."""
+def _prefix_logprobs(upper: UpperForward, cf: _Counterfactual, chosen: Sequence[int], pad,
+                     device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token log-probabilities over the compared vocabulary after each chosen prefix and
+    after its counterfactual (two [len(chosen), compared tokens] tensors)."""
     rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     batch = Batch.of([cf.sents.ids[i] for i in rows], pad, device)
     at = torch.arange(len(rows), device=batch.ids.device)
     last = torch.as_tensor(batch.lengths, device=batch.ids.device) - 1
     logits = upper.logits(batch, _stack(cf.sents.hidden, rows, batch.ids.shape[1]), at, last)
-    logits = logits.float()[:, cf.keep.to(logits.device)]
-    lp = torch.log_softmax(logits, dim=-1)
-    p, q = lp[0::2], lp[1::2]
-    m = torch.logaddexp(p, q) - math.log(2.0)
-    return 0.5 * ((p.exp() * (p - m)).sum(-1) + (q.exp() * (q - m)).sum(-1)).mean()
+    lp = torch.log_softmax(logits.float()[:, cf.keep.to(logits.device)], dim=-1)
+    return lp[0::2], lp[1::2]
+
+
+def _mixture(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """log ½(P + Q) from log P and log Q."""
+    return torch.logaddexp(p, q) - math.log(2.0)
+
+
+def _counterfactual_loss(upper: UpperForward, cf: _Counterfactual, chosen: Sequence[int], pad,
+                         device) -> torch.Tensor:
+    """L_c over the chosen prefix pairs, over every token but the group words': the mean
+    Jensen-Shannon divergence between the two next-token distributions; with an anchor (the
+    "mixture" target), the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q), m₀ the original's mixture."""
+    p, q = _prefix_logprobs(upper, cf, chosen, pad, device)
+    if cf.mixture is None:
+        m = _mixture(p, q)
+        return 0.5 * ((p.exp() * (p - m)).sum(-1) + (q.exp() * (q - m)).sum(-1)).mean()
+    m0 = cf.mixture[list(chosen)].to(p.device)
+    return 0.5 * ((m0.exp() * (2 * m0 - p - q)).sum(-1)).mean()
 
 
 def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]:
@@ -740,5 +778,5 @@ def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]
     return stereotype_percent(gaps), float(bias_loss(gaps))
 
 
-__all__ = ["SEEN_VOCAB_ABOVE", "TRAIN_VOCABS", "LoopSettings", "TrainRun", "Trainable",
-           "TrainingDiverged", "train_at_layer"]
+__all__ = ["COUNTERFACTUAL_TARGETS", "SEEN_VOCAB_ABOVE", "TRAIN_VOCABS", "LoopSettings",
+           "TrainRun", "Trainable", "TrainingDiverged", "train_at_layer"]
