@@ -289,3 +289,25 @@ def _counterfactual_parts(cf, upper, scorer, loaded, chosen):
     from fairstamp.training.loop import _prefix_logprobs
 
     return _prefix_logprobs(upper, cf, chosen, scorer.pad_token_id, loaded.device)
+
+
+def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap():
+    from fairstamp.fast.train import FitConfig
+    from fairstamp.training.loop import AUTO_COUNTERFACTUAL_WEIGHT
+
+    gender = load_stereoset(bias_types=["gender"], limit=12)
+    profession = load_stereoset(bias_types=["profession"], limit=12)
+    swap = group_swap(WORDS, ["gender"])
+    auto = FitConfig()  # FAST: auto; the shared loop (FT-L) keeps 0
+    assert auto.counterfactual_weight is None and auto.needs_group_words is None
+    assert auto.counterfactual_delta(gender, swap) == AUTO_COUNTERFACTUAL_WEIGHT
+    assert auto.counterfactual_delta(gender, None) == 0.0  # no attribute-words file
+    # A profession edit gets no swap (training_text builds one for gender, race, religion).
+    assert auto.counterfactual_delta(profession, None) == 0.0
+    assert FitConfig(counterfactual_weight=0.0).counterfactual_delta(gender, swap) == 0.0
+    given = FitConfig(counterfactual_weight=1.5)
+    assert given.counterfactual_delta(profession, swap) == 1.5
+    assert given.needs_group_words == "counterfactual_weight > 0"
+    from fairstamp.methods.finetune import FineTuneConfig  # a baseline: as published, no L_c
+
+    assert FineTuneConfig().counterfactual_delta(gender, swap) == 0.0

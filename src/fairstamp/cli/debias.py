@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,7 +32,7 @@ from fairstamp.runs.config import defaults
 from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
 from fairstamp.runs.setup import check_group_words
 from fairstamp.stamp.module import READS
-from fairstamp.training.loop import COUNTERFACTUAL_TARGETS
+from fairstamp.training.loop import AUTO_COUNTERFACTUAL_WEIGHT, COUNTERFACTUAL_TARGETS
 from fairstamp.utils.distributed import current_processes
 
 RUN, FIT = defaults(DebiasConfig), defaults(FitConfig)  # where every default below is written
@@ -97,11 +97,13 @@ def debias_command(
         min=0, help="Train each gender pair again with its target replaced by up to this many "
         "other gender nouns of the same sex and number, never a held-out target (docs/fast.md, "
         "Target augmentation).")] = FIT["augment_targets"],
-    counterfactual_weight: Annotated[float, typer.Option(
-        min=0.0, help="δ, weight of L_c: the Jensen-Shannon divergence between the next-token "
-        "distributions after the words before each edited attribute and after the same words "
-        "about a counterfactual group, group words left out (docs/fast.md, Counterfactual "
-        "next-token distributions). 0: off.")] = FIT["counterfactual_weight"],
+    counterfactual_weight: Annotated[Optional[float], typer.Option(  # noqa: UP045 (typer)
+        min=0.0, help="δ, weight of L_c: how far the next-token distributions after the words "
+        "before each edited attribute and after the same words about a counterfactual group "
+        "differ, group words left out (docs/fast.md, Counterfactual next-token distributions). "
+        f"0: off. Default: {AUTO_COUNTERFACTUAL_WEIGHT:g} where the edited items name group "
+        "words to swap (gender, race, religion), else off.",
+        show_default=False)] = FIT["counterfactual_weight"],
     counterfactual_target: Annotated[str, typer.Option(
         help="Where L_c pulls the two distributions: each_other (their Jensen-Shannon "
         "divergence) or mixture (both to the original model's mixture of the two).")]

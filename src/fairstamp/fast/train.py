@@ -24,6 +24,10 @@ class FitConfig(LoopSettings):
     """Knobs of stamp training (recorded in stamp_config.json): the stamp's shape and optimiser,
     plus the loop's. Defaults: docs/fast.md."""
 
+    # FAST's recipe (docs/fast.md, "Counterfactual next-token distributions"): L_c on where the
+    # edit has group words to swap, with three times the loop's weight on L_s1.
+    retention_weight: float = 3.0
+    counterfactual_weight: float | None = None
     width: int = 256
     activation: str = "gelu"
     reads: str = "mlp_output"

@@ -27,7 +27,9 @@ projection. Everything below is shared by both.
   of the distance between the pair's mean score and the original model's (Huber: quadratic
   within `lm_smooth` nats, then absolute; `lm_smooth=0`: absolute): the edit may move the gap,
   not the pair as a whole.
-- L_c (weight `counterfactual_weight`, δ, 0 by default) [ours]: mean over drawn edited items of
+- L_c (weight `counterfactual_weight`, δ; 0 here, and in FAST's FitConfig by default
+  `AUTO_COUNTERFACTUAL_WEIGHT` where the edited items name group words that data/counterfactual.py
+  swaps, else off) [ours]: mean over drawn edited items of
   the Jensen-Shannon divergence between the next-token distribution after the words before the
   item's attribute ("The mother was") and after the same words about a counterfactual group
   ("The father was"; data/counterfactual.py `counterfactual_prefixes`), over every token but the
@@ -94,6 +96,9 @@ log = logging.getLogger(__name__)
 
 #: What the training loss normalises log-probabilities over (`LoopSettings.train_vocab`).
 TRAIN_VOCABS = ("auto", "full", "seen")
+#: L_c's weight δ when `counterfactual_weight` is None and the edit has group words to swap
+#: (cross-validated by target: docs/fast.md, "Counterfactual next-token distributions").
+AUTO_COUNTERFACTUAL_WEIGHT = 3.0
 #: What L_c pulls a prefix's and its counterfactual's next-token distributions to: "each_other"
 #: (their Jensen-Shannon divergence) or "mixture" (the original model's mixture of the two).
 COUNTERFACTUAL_TARGETS = ("each_other", "mixture")
@@ -133,7 +138,10 @@ class LoopSettings:
     pairs: str = "attribute"  # which pairs L_e equalises: attribute | subject | both
     subject_score: str = "sentence"  # what a subject pair's gap reads: sentence | suffix
     augment_targets: int = 0  # each gender pair again with up to this many other gender nouns
-    counterfactual_weight: float = 0.0  # δ: weight of L_c (next-token JS across group swaps)
+    # δ: weight of L_c (next-token distributions across group swaps); None: AUTO_COUNTERFACTUAL_
+    # WEIGHT where the edited items name group words to swap, else off (`counterfactual_delta`;
+    # FAST's FitConfig defaults to None, the loop and the FT-L baseline to 0)
+    counterfactual_weight: float | None = 0.0
     counterfactual_target: str = "each_other"  # L_c: "each_other" (JS) | "mixture" (anchored)
     seed: int = 0
 
@@ -154,7 +162,7 @@ class LoopSettings:
                    "generic_weight": self.generic_weight,
                    "keep_mean_weight": self.keep_mean_weight,
                    "counterfactual_weight": self.counterfactual_weight}
-        negative = [name for name, value in weights.items() if value < 0]
+        negative = [name for name, value in weights.items() if value is not None and value < 0]
         if negative:
             raise FairstampError(f"loss weights must be >= 0: {', '.join(negative)}")
         if self.lm_smooth < 0:
@@ -181,6 +189,17 @@ class LoopSettings:
             raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
                                  f"{self.check_every}")
 
+    def counterfactual_delta(self, items: Sequence[BiasItem],
+                             group_swap: AttributeSwap | None) -> float:
+        """L_c's weight for an edit of `items`: the one given, else AUTO_COUNTERFACTUAL_WEIGHT
+        where some item names a group word before its attribute that `group_swap` swaps."""
+        if self.counterfactual_weight is not None:
+            return self.counterfactual_weight
+        if group_swap is None or not counterfactual_prefixes(items, group_swap, seed=self.seed):
+            log.info("L_c off: the edited items name no group words to swap")
+            return 0.0
+        return AUTO_COUNTERFACTUAL_WEIGHT
+
     def check_interval(self, n_items: int) -> int:
         """Steps between SS checks for `n_items` edited items."""
         return self.check_every or max(10, math.ceil(n_items / 40))
@@ -200,13 +219,15 @@ class TrainRun:
     stopped: str = ""
     best_step: int = 0
     vocab_size: int = 0  # tokens the loss normalised over (the whole vocabulary unless "seen")
+    counterfactual_weight: float = 0.0  # the δ L_c trained with (0: off)
 
     def summary(self) -> dict[str, Any]:
         kept = next((h for h in self.history if h["step"] == self.best_step),
                     self.history[-1] if self.history else {})
         return {"steps": self.steps, "seconds": round(self.seconds, 2),
                 "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
-                "kept_step": self.best_step, "vocab_size": self.vocab_size, "final": kept}
+                "kept_step": self.best_step, "vocab_size": self.vocab_size,
+                "counterfactual_weight": self.counterfactual_weight, "final": kept}
 
 
 @dataclass
@@ -309,8 +330,8 @@ def train_at_layer(
         _KLSet(_Sentences([_kl_ids(scorer, t) for t in generic_passages]), config.batch_passages,
                generic=torch.ones(len(generic_passages), dtype=torch.bool)),
     ]
-    counterfactual = (_counterfactual_set(scorer, items, group_swap, config)
-                      if config.counterfactual_weight else None)
+    delta = config.counterfactual_delta(items, group_swap)
+    counterfactual = _counterfactual_set(scorer, items, group_swap, config) if delta else None
     budget = scorer.max_batch_tokens  # positions per pass, as the Scorer sizes its logits
     # The SS checks score the edited items with this scorer as `eval` does (packed rows),
     # replaying the lower layers from the first check on.
@@ -347,6 +368,7 @@ def train_at_layer(
         for p in params:
             p.requires_grad_(True)
         result = TrainRun(setup_seconds=time.perf_counter() - setup_start,
+                          counterfactual_weight=delta,
                           vocab_size=len(vocab) if vocab is not None else upper.vocab_size())
         log.info("training %s at layer %d on %d items (%d pairs with framings), %d "
                  "retention/group sentences, %d generic sentences and %d passages",
@@ -381,7 +403,7 @@ def train_at_layer(
                         l_c = _counterfactual_loss(upper, counterfactual,
                                                    counterfactual.order.take(config.batch_pairs),
                                                    scorer.pad_token_id, device)
-                        loss = loss + config.counterfactual_weight * l_c
+                        loss = loss + delta * l_c
                         terms = {**terms, "loss": float(loss.detach()),
                                  "counterfactual_js": float(l_c.detach())}
                 if not torch.isfinite(loss):
