@@ -65,7 +65,11 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
              "Command: `python benchmarks/generalisation.py` (each recipe: one stamp per fold, "
              "trained on the other folds' targets; every item scored by the stamp that never "
              "saw its target; SS/LMS pooled over all items, 95% bootstrap CIs; the change's CI is "
-             "paired: items resampled with both of their scores; – where not recorded).", "",
+             "paired: items resampled with both of their scores; – where not recorded). "
+             "Settings are overrides of FAST's defaults when the row ran (its JSON's `fit` "
+             "holds them all from L_c's default on); the rows without `fit` ran before L_c "
+             "became the default, against α = 1 and no L_c: `attribute` there is that old "
+             "default, and `cf3a3` is today's.", "",
              "| recipe | settings | held-out SS before | held-out SS after | change [paired CI] | "
              "moved to 50 | held-out LMS before | after | fit s (all folds) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -123,12 +127,13 @@ def main() -> None:
             continue
         options = {"max_steps": args.max_steps, **options}
         clock = time.perf_counter()
+        method = get_method("fast", **options)
         cv = cross_validate(
             loaded, setup.items,
             lambda items: setup.context(loaded, layer, seed=config.seed, items=items),
-            get_method("fast", **options).fit, folds=args.folds, seed=config.seed,
-            n_resamples=config.n_resamples)
-        rows[name] = {"recipe": name, "options": options, "layer": layer,
+            method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples)
+        rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(),
+                      "layer": layer,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])
