@@ -115,6 +115,10 @@ def same_case(original: str, word: str) -> str:
     return word
 
 
+#: The bias types whose group words `group_swap` swaps (bias-bench lists words for these).
+SWAPPED_TYPES = ("gender", "race", "religion")
+
+
 def group_swap(words_file: str | Path, bias_types: Sequence[str]) -> AttributeSwap:
     """bias-bench's words of those of `bias_types` it lists, with `EXTRA_GENDER_PAIRS`."""
     words = load_attribute_words(words_file, bias_types, needed_by="subject-swap pairs",

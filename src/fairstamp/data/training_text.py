@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
 from fairstamp.data.counterfactual import (
+    SWAPPED_TYPES,
     AttributeSwap,
     group_swap,
     subject_pairs,
@@ -171,6 +172,6 @@ def training_text(bias_types: Sequence[str] | None = None, *, seed: int = 0,
     swap = None
     if words.is_file():
         types = list(bias_types or json.loads(words.read_text(encoding="utf-8")))
-        swap = group_swap(words, types) if set(types) & {"gender", "race", "religion"} else None
+        swap = group_swap(words, types) if set(types) & set(SWAPPED_TYPES) else None
     return TrainingText([s for r in trained for s in (r.true, r.false)],
                         generic_sentences(path, n_generic, seed=seed), passages, trained, swap)

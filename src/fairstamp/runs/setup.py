@@ -10,7 +10,7 @@ from typing import Any
 
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
 from fairstamp.data.bias_sets import load_bias_set
-from fairstamp.data.counterfactual import AttributeSwap
+from fairstamp.data.counterfactual import SWAPPED_TYPES, AttributeSwap
 from fairstamp.data.items import BiasItem, RetentionItem
 from fairstamp.data.locations import data_root
 from fairstamp.data.splits import split_by_target
@@ -61,10 +61,6 @@ class EditSetup:
         edited = {i.target.casefold() for i in items}
         return self.group_swap.without(sorted({i.target for i in self.items
                                                if i.target.casefold() not in edited}))
-
-
-#: The bias types whose group words data/counterfactual.py swaps.
-SWAPPED_TYPES = ("gender", "race", "religion")
 
 
 def check_group_words(config: EditRunConfig) -> None:
