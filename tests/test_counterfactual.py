@@ -222,7 +222,7 @@ def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_token
     # The same training without L_c, from the same model and seed: L_e alone does not do it.
     plain = tiny(tiny_tokenizer)
     fit_stamp(plain, items, 1, retention_sentences=["Christians celebrate Easter."],
-              group_swap=swap, config=FitConfig(**settings))
+              group_swap=swap, config=FitConfig(counterfactual_weight=0.0, **settings))
     result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
                        group_swap=swap, config=config)
     assert "counterfactual_js" in result.history[-1]
@@ -243,7 +243,12 @@ def test_the_mixture_target_anchors_both_distributions_to_the_originals_mixture(
     from fairstamp.fast.train import FitConfig, fit_stamp
     from fairstamp.scoring import Scorer
     from fairstamp.scoring.upper import UpperForward
-    from fairstamp.training.loop import _counterfactual_loss, _counterfactual_set, _mixture
+    from fairstamp.training.loop import (
+        _counterfactual_loss,
+        _counterfactual_set,
+        _mixture,
+        _prefix_logprobs,
+    )
     from test_fast import tiny
 
     items = load_stereoset(bias_types=["gender"], limit=12)
@@ -259,7 +264,7 @@ def test_the_mixture_target_anchors_both_distributions_to_the_originals_mixture(
     everything = range(len(cf.sents.ids) // 2)
     with torch.no_grad():
         cf.anchor(upper, scorer.pad_token_id, loaded.device, chunk=5)
-        p0, q0 = _counterfactual_parts(cf, upper, scorer, loaded, everything)
+        p0, q0 = _prefix_logprobs(upper, cf, everything, scorer.pad_token_id, loaded.device)
         # The hand-computed value at the original model.
         m0 = _mixture(p0, q0)
         kl = lambda a, b: (a.exp() * (a - b)).sum(-1)  # noqa: E731
@@ -272,23 +277,21 @@ def test_the_mixture_target_anchors_both_distributions_to_the_originals_mixture(
 
     def distance_to_mixture(target):
         model = tiny(tiny_tokenizer)
-        fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
-                  group_swap=swap, config=FitConfig(counterfactual_target=target, **settings))
+        run = fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
+                        group_swap=swap,
+                        config=FitConfig(counterfactual_target=target, **settings))
+        # The history names the term as trained: a JS divergence, or KLs from the anchor.
+        key = "counterfactual_kl" if target == "mixture" else "counterfactual_js"
+        assert key in run.history[-1]
         with torch.no_grad():
-            p, q = _counterfactual_parts(cf, UpperForward(model.model, model.arch, 1), scorer,
-                                         model, everything)
+            p, q = _prefix_logprobs(UpperForward(model.model, model.arch, 1), cf, everything,
+                                    scorer.pad_token_id, model.device)
             return float((0.5 * (kl(m0, p) + kl(m0, q))).mean())
 
     anchored, free = distance_to_mixture("mixture"), distance_to_mixture("each_other")
     assert anchored < 0.5 * free  # measured: 1.2e-4 against 5.9e-3 (7.6e-5 at the original)
     with pytest.raises(FairstampError, match="counterfactual_target must be one of"):
         FitConfig(counterfactual_target="anywhere")
-
-
-def _counterfactual_parts(cf, upper, scorer, loaded, chosen):
-    from fairstamp.training.loop import _prefix_logprobs
-
-    return _prefix_logprobs(upper, cf, chosen, scorer.pad_token_id, loaded.device)
 
 
 def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap():

@@ -147,8 +147,7 @@ def check_placement(*, device: str | None = None, device_map: str | None = None,
             log.info("--max-memory given: placing the model with --device-map auto")
         elif isinstance(placed, dict) or placed not in STRATEGIES:
             raise FairstampError(f"--max-memory sets the budgets of a --device-map strategy "
-                                 f"(auto, balanced, balanced_low_0, sequential), not of "
-                                 f"--device-map {device_map}")
+                                 f"({', '.join(STRATEGIES)}), not of --device-map {device_map}")
     if offload_folder is not None:
         if placed is None:
             raise FairstampError("--offload-folder holds weights offloaded by --device-map or "

@@ -405,7 +405,7 @@ def train_at_layer(
                                                    scorer.pad_token_id, device)
                         loss = loss + delta * l_c
                         terms = {**terms, "loss": float(loss.detach()),
-                                 "counterfactual_js": float(l_c.detach())}
+                                 counterfactual.term: float(l_c.detach())}
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at step {step} (terms: {terms}); lower "
@@ -733,6 +733,11 @@ class _Counterfactual:
         at = self.group_tokens if vocab is None else vocab.index.cpu()[self.group_tokens]
         columns[at[at >= 0]] = False
         self.keep = columns.nonzero().squeeze(1)
+
+    @property
+    def term(self) -> str:
+        """The training history's name for L_c: a JS divergence, or KLs from the anchor."""
+        return "counterfactual_js" if self.mixture is None else "counterfactual_kl"
 
     def anchor(self, upper: UpperForward, pad, device, chunk: int) -> None:
         """Record the original model's mixture of each pair's two distributions (the
