@@ -83,6 +83,10 @@ def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_pat
     assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "20", "--layer", "1",
                     "--suite", "stereoset", "--max-steps", "2", "--width", "4",
                     "--out", run]) == 0
+    fit = json.loads((run / "metrics.json").read_text())["fit"]
+    assert fit["tokens"] > 0 and 0 < fit["check_seconds"] < fit["seconds"]
+    assert (f"{fit['tokens']:,} tokens through the layers above the stamp"
+            in (run / "report.md").read_text())
     out = tmp_path / "eval"
     assert run_cli(["eval", *common, "--stamp", run, "--suite", "biascope", "--bias-types",
                     "religion", "--limit", "20", "--out", out]) == 0

@@ -78,6 +78,23 @@ def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
     assert result.stamp.config.training["steps"] == 30
 
 
+def test_tokens_trained_count_every_sentence_of_each_step_and_checks_are_timed(tiny_tokenizer,
+                                                                            items):
+    # 12 items, no framings: a batch of 12 pairs is every pair each step, and one KL batch is
+    # every short sentence (the retention sentence, the targets' neutral sentences, the generic
+    # ones); no passages, no L_c.
+    loaded, result = fit(tiny_tokenizer, items, max_steps=3, batch_pairs=12, batch_kl=1000,
+                         framings=0, counterfactual_weight=0)
+    scorer = Scorer.from_loaded(loaded)
+    pairs = sum(len(scorer.encode(s)) for i in items for s in (i.stereo, i.anti))
+    kl = sum(len(scorer.encode(t)) for t in ["Christians celebrate Easter.",
+                                             *neutral_sentences(i.target for i in items),
+                                             *generic_sentences(GENERIC, 6)])
+    assert result.tokens == 3 * (pairs + kl)
+    assert result.summary()["tokens"] == result.tokens
+    assert 0 < result.check_seconds < result.seconds  # one SS check, at step 3
+
+
 def test_each_check_is_a_log_line_when_no_progress_bar_is_drawn(tiny_tokenizer, items, caplog):
     import logging
 

@@ -170,8 +170,11 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         f"seed {config['seed']}. {metrics['n_edited']} items edited with one stamp (width "
         f"{metrics['stamp']['width']}, {metrics['stamp']['parameters']:,} parameters) after the "
         f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); {fit['steps']} "
-        f"training steps in {fit['seconds']:.0f} s (+{fit['setup_seconds']:.0f} s setup), stopped: "
-        f"{fit['stopped']}; kept the check of step {fit.get('kept_step', fit['steps'])}.",
+        f"training steps in {fit['seconds']:.0f} s ("
+        + (f"{fit['check_seconds']:.0f} s of them the SS checks; {fit['tokens']:,} tokens "
+           "through the layers above the stamp; " if "tokens" in fit else "")
+        + f"+{fit['setup_seconds']:.0f} s setup), stopped: {fit['stopped']}; kept the check of "
+        f"step {fit.get('kept_step', fit['steps'])}.",
         "",
         "Values are % with bootstrap 95% CIs, before → after the stamp; sentence score = "
         f"per-token {metrics['before']['config']['reduction']} log-probability.",

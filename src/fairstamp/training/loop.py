@@ -220,6 +220,8 @@ class TrainRun:
     best_step: int = 0
     vocab_size: int = 0  # tokens the loss normalised over (the whole vocabulary unless "seen")
     counterfactual_weight: float = 0.0  # the δ L_c trained with (0: off)
+    tokens: int = 0  # tokens the steps ran through the layers above the edit (forward, backward)
+    check_seconds: float = 0.0  # of `seconds`, the SS checks' share
 
     def summary(self) -> dict[str, Any]:
         kept = next((h for h in self.history if h["step"] == self.best_step),
@@ -227,7 +229,8 @@ class TrainRun:
         return {"steps": self.steps, "seconds": round(self.seconds, 2),
                 "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
                 "kept_step": self.best_step, "vocab_size": self.vocab_size,
-                "counterfactual_weight": self.counterfactual_weight, "final": kept}
+                "counterfactual_weight": self.counterfactual_weight, "tokens": self.tokens,
+                "check_seconds": round(self.check_seconds, 2), "final": kept}
 
 
 @dataclass
@@ -399,9 +402,10 @@ def train_at_layer(
                 with upper.restricted(vocab):
                     loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
                                         scorer.pad_token_id, device, budget)
+                    prefixes: list[int] = []
                     if counterfactual is not None:
-                        l_c = _counterfactual_loss(upper, counterfactual,
-                                                   counterfactual.order.take(config.batch_pairs),
+                        prefixes = counterfactual.order.take(config.batch_pairs)
+                        l_c = _counterfactual_loss(upper, counterfactual, prefixes,
                                                    scorer.pad_token_id, device)
                         loss = loss + delta * l_c
                         terms = {**terms, "loss": float(loss.detach()),
@@ -418,9 +422,13 @@ def train_at_layer(
                     with torch.no_grad():
                         trainable.after_step()
                 result.steps = step
+                result.tokens += _step_tokens(pair_sents, chosen, kl_sets, counterfactual,
+                                              prefixes)
                 status = None
                 if step % check_every == 0 or step == config.max_steps:
+                    checked = time.perf_counter()
                     ss, le = _edited_ss(scorer, pair_sents.ids[: 2 * n_plain])
+                    result.check_seconds += time.perf_counter() - checked
                     record = {"step": step, "ss": ss, "bias_loss_all": le, **terms,
                               "seconds": time.perf_counter() - start}
                     result.history.append(record)
@@ -456,6 +464,18 @@ def train_at_layer(
     log.info("%s trained: %d steps in %.1f s (%s)", trainable.what, result.steps, result.seconds,
              result.stopped)
     return result
+
+
+def _step_tokens(pairs: _Sentences, chosen: Sequence[int], kl_sets: Sequence[_KLSet],
+                 counterfactual: _Counterfactual | None, prefixes: Sequence[int]) -> int:
+    """Tokens one step ran through the layers above the edit: the chosen pairs' two sentences,
+    the KL sentences and passages drawn, and L_c's prefix pairs."""
+    rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
+    n = sum(len(pairs.ids[j]) for j in rows)
+    n += sum(len(k.sents.ids[i]) for k in kl_sets for i in k.chosen)
+    if counterfactual is not None:
+        n += sum(len(counterfactual.sents.ids[j]) for i in prefixes for j in (2 * i, 2 * i + 1))
+    return n
 
 
 def _suffix_starts(pair_ids: Sequence[tuple[list[int], list[int]]], first_subject: int,
