@@ -126,3 +126,31 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     rows = json.loads(tables[0].with_suffix(".json").read_text())
     assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
         "before"]
+
+
+@pytest.mark.slow
+def test_the_cost_curves_benchmark_writes_its_tables_and_plot(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cost_curves.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--models", str(tiny_model_dir), "--sizes", "25,100",
+         "--steps", "2", "--eval-every", "50", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "FAIRSTAMP_DATA": str(SHARED_DATA)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "cost_curves.json").read_text())
+    ways = result["evaluation"]["ways"]
+    assert ways["two processes, 1 thread each"]["processes"] == 2
+    assert result["evaluation"]["max_abs_difference_2_vs_1_processes"] <= 1e-6
+    assert [row["items"] for row in result["items"]] == [25, 100]
+    for row in result["items"]:
+        assert row["steps"] == 2 and row["tokens_per_step"] > 0
+        assert row["phases"]["edit"]["peak_rss_gib"] > 0
+    assert set(result["models"][0]["phases"]) == {"load", "evaluate", "trace", "edit"}
+    text = (tmp_path / "cost_curves.md").read_text()
+    assert "| 100 | gender, race, religion |" in text
+    assert (tmp_path / "cost_curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -320,3 +320,52 @@ def transfer_overview(results: Mapping[str, Any], path: Path, *, title: str) -> 
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def cost_curves(result: Mapping[str, Any], path: Path) -> Path:
+    """benchmarks/cost_curves.py's figure: evaluation time by way of running it; an edit's setup
+    and step time and its peak memory as the edited items grow; every phase's peak memory against
+    the model's own size, per model."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ways = result["evaluation"]["ways"]
+    ax = axes[0][0]
+    ax.barh(range(len(ways)), [w["seconds"] for w in ways.values()], color="#1f77b4")
+    ax.set_yticks(range(len(ways)), list(ways), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    first = next(iter(ways.values()))
+    ax.set_title(f"scoring {first['sentences']} StereoSet sentences", fontsize=9)
+    items = result["items"]
+    n = [row["items"] for row in items]
+    ax = axes[0][1]
+    ax.plot(n, [row["step_s"] for row in items], "o-", label="seconds per step")
+    ax.plot(n, [row["setup_s"] / 10 for row in items], "s--", label="setup seconds / 10")
+    ax.set_xscale("log")
+    ax.set_xlabel("edited items")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"an edit as the items grow ({items[0]['model']})", fontsize=9)
+    ax = axes[1][0]
+    ax.plot(n, [row["phases"]["edit"]["peak_rss_gib"] for row in items], "o-",
+            label="edit (setup and steps)")
+    ax.axhline(items[0]["model_gib"], color="grey", linestyle=":", label="the model's weights")
+    ax.set_xscale("log")
+    ax.set_xlabel("edited items")
+    ax.set_ylabel("peak resident memory (GiB)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1][1]
+    models = result["models"]
+    phases = list(models[0]["phases"])
+    width = 0.8 / len(models)
+    for k, row in enumerate(models):
+        ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(phases))],
+               [row["phases"][p]["peak_rss_gib"] / row["model_gib"] for p in phases], width,
+               label=f"{row['model']} ({row['model_gib']:.2f} GiB)")
+    ax.set_xticks(range(len(phases)), phases)
+    ax.set_ylabel("peak resident memory / model size")
+    ax.legend(fontsize=8)
+    ax.set_title("peak memory of every phase", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
