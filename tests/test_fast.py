@@ -115,6 +115,33 @@ def test_the_best_check_is_kept(tiny_tokenizer, items):
     assert mean_abs_gap(loaded, items) == pytest.approx(kept["bias_loss_all"], abs=1e-5)
 
 
+
+def test_a_validation_slice_of_targets_chooses_the_kept_check(tiny_tokenizer):
+    from fairstamp.training.loop import validation_split
+
+    items = load_stereoset(bias_types=["gender"], limit=40)
+    trained, validation = validation_split(items, 0.3)
+    assert trained and validation
+    assert not {i.target for i in trained} & {i.target for i in validation}
+    loaded, result = fit(tiny_tokenizer, items, max_steps=12, check_every=2, lr=0.2,
+                         validation_fraction=0.3)
+    assert result.validation_items == len(validation)
+    assert result.summary()["validation_targets"] == sorted({i.target for i in validation})
+    best = min(result.history, key=lambda h: (max(abs(h["validation_ss"] - 50) - 1.0, 0.0),
+                                              h["validation_bias_loss"]))
+    assert best["step"] == result.best_step
+    kept = result.summary()["final"]
+    assert mean_abs_gap(loaded, validation) == pytest.approx(kept["validation_bias_loss"],
+                                                             abs=1e-5)
+    assert mean_abs_gap(loaded, trained) == pytest.approx(kept["bias_loss_all"], abs=1e-5)
+    # The set-aside items are never trained on: the stamp is the one the other items alone give.
+    stamps = [fit(tiny_tokenizer, chosen, max_steps=6, keep_best=False, **extra)[1].stamp
+              for chosen, extra in ((items, {"validation_fraction": 0.3}), (trained, {}))]
+    for a, b in zip(*(s.module.state_dict().values() for s in stamps)):
+        assert torch.equal(a, b)
+    with pytest.raises(FairstampError, match="validation_fraction"):
+        FitConfig(validation_fraction=1.0)
+
 def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):
     """keep_mean_weight > 0 adds L_m: the gap between stereo and anti shrinks while the mean score
     of each pair stays nearer the original model's."""
@@ -234,7 +261,7 @@ def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_t
     up with each sentence's own positions, and SS must pair each stereo with its anti."""
     from fairstamp.scoring.scorer import LowerLayerCache
     from fairstamp.scoring.upper import UpperForward
-    from fairstamp.training.loop import _edited_ss, _kl_targets, _Sentences
+    from fairstamp.training.loop import _check_gaps, _kl_targets, _Sentences, _ss_and_loss
 
     loaded = tiny(tiny_tokenizer)
     scorer = Scorer.from_loaded(loaded)
@@ -258,7 +285,7 @@ def test_kl_targets_and_edited_ss_do_not_depend_on_how_passes_are_grouped(tiny_t
     for checker in (Scorer.from_loaded(loaded, max_batch_tokens=160, progress=False),
                     Scorer.from_loaded(loaded, max_batch_tokens=10**6, progress=False),
                     cached, cached):  # the cached scorer records, then replays
-        got_ss, got_gap = _edited_ss(checker, pairs)
+        got_ss, got_gap = _ss_and_loss(_check_gaps(checker, pairs))
         assert got_ss == pytest.approx(ss) and got_gap == pytest.approx(gaps, abs=1e-5)
     assert cached.lower_cache.replayed > 0 and cached.lower_cache.recomputed == 0
 

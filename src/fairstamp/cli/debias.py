@@ -81,6 +81,11 @@ def debias_command(
     = FIT["check_every"],
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")]
     = FIT["batch_pairs"],
+    validation_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="Share of each bias type's edit-side targets kept out of "
+        "training; the check whose SS on them is nearest 50 is kept, instead of the trained "
+        "items' (0: off; docs/fast.md, Early stopping on unseen targets).")]
+    = FIT["validation_fraction"],
     balance_types: Annotated[bool, typer.Option(
         "--balance-types", help="Draw each step's pairs evenly across the bias types (else in "
         "proportion to their items; docs/fast.md).")] = FIT["balance_types"],
@@ -167,6 +172,7 @@ def debias_command(
                         keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
                         lr_final=lr_final, max_steps=max_steps, check_every=check_every,
                         batch_pairs=batch_pairs, balance_types=balance_types,
+                        validation_fraction=validation_fraction,
                         framings=framings, train_vocab=train_vocab, pairs=pairs,
                         subject_score=subject_score, augment_targets=augment_targets,
                         counterfactual_weight=counterfactual_weight,

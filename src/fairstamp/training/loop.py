@@ -59,12 +59,17 @@ the Scorer, exactly as `eval` measures them (packed rows, the lower layers repla
 training stops when SS is within `ss_tolerance` of 50 and L_e has stopped falling (or at
 `max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
 `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts signs, so it wanders while
-|gap| shrinks. A non-finite loss stops training with `TrainingDiverged`; the edit is undone (the
-stamp detached, FT-L's weight restored) and nothing is written.
+|gap| shrinks. With `validation_fraction` > 0 a share of each bias type's targets is set aside
+before training (`validation_split`, by a seeded hash of the target): their items are never
+trained on, the checks score them too, and *their* SS and L_e choose the kept check, so the step
+kept is the one that carried furthest to targets the stamp did not see; the stopping rule still
+reads the trained items. A non-finite loss stops training with `TrainingDiverged`; the edit is
+undone (the stamp detached, FT-L's weight restored) and nothing is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -77,6 +82,7 @@ import torch
 
 from fairstamp.data.counterfactual import AttributeSwap, counterfactual_prefixes
 from fairstamp.data.items import BiasItem
+from fairstamp.data.splits import target_key
 from fairstamp.data.training_text import (
     PAIR_KINDS,
     SUBJECT_SCORES,
@@ -133,6 +139,9 @@ class LoopSettings:
     framings: int = 2
     kl_top_k: int = 64
     keep_best: bool = True
+    # share of each bias type's targets kept out of training; their SS chooses the kept check
+    # (0: the edited items' own SS does)
+    validation_fraction: float = 0.0
     reuse_lower: bool = True
     train_vocab: str = "auto"  # "seen": the training text's tokens + the original's top-k
     pairs: str = "attribute"  # which pairs L_e equalises: attribute | subject | both
@@ -185,6 +194,9 @@ class LoopSettings:
             raise FairstampError(f"counterfactual_target must be one of "
                                  f"{', '.join(COUNTERFACTUAL_TARGETS)}, got "
                                  f"{self.counterfactual_target!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise FairstampError(f"validation_fraction must be in [0, 1), got "
+                                 f"{self.validation_fraction}")
         if self.check_every < 0:
             raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
                                  f"{self.check_every}")
@@ -222,6 +234,9 @@ class TrainRun:
     counterfactual_weight: float = 0.0  # the δ L_c trained with (0: off)
     tokens: int = 0  # tokens the steps ran through the layers above the edit (forward, backward)
     check_seconds: float = 0.0  # of `seconds`, the SS checks' share
+    # targets set aside to choose the kept check (`validation_fraction`), and their item count
+    validation_targets: list[str] = field(default_factory=list)
+    validation_items: int = 0
 
     def summary(self) -> dict[str, Any]:
         kept = next((h for h in self.history if h["step"] == self.best_step),
@@ -230,7 +245,10 @@ class TrainRun:
                 "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
                 "kept_step": self.best_step, "vocab_size": self.vocab_size,
                 "counterfactual_weight": self.counterfactual_weight, "tokens": self.tokens,
-                "check_seconds": round(self.check_seconds, 2), "final": kept}
+                "check_seconds": round(self.check_seconds, 2),
+                **({"validation_targets": self.validation_targets,
+                    "validation_items": self.validation_items} if self.validation_items else {}),
+                "final": kept}
 
 
 @dataclass
@@ -305,6 +323,7 @@ def train_at_layer(
     if config.needs_group_words and group_swap is None:
         raise FairstampError(f"{config.needs_group_words} needs the group words to swap "
                              "(bias-bench's attribute words in the public data folder)")
+    items, validation = validation_split(items, config.validation_fraction, seed=config.seed)
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
@@ -319,6 +338,8 @@ def train_at_layer(
                                                    augment=config.augment_targets)
     pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
     n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
+    checked_ids = [*(ids for p in pair_ids[:n_plain] for ids in p),
+                   *(scorer.encode(s) for i in validation for s in (i.stereo, i.anti))]
     group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
     for ids in [*(s for p in pair_ids for s in p)]:
         if len(ids) < 2:
@@ -372,7 +393,9 @@ def train_at_layer(
             p.requires_grad_(True)
         result = TrainRun(setup_seconds=time.perf_counter() - setup_start,
                           counterfactual_weight=delta,
-                          vocab_size=len(vocab) if vocab is not None else upper.vocab_size())
+                          vocab_size=len(vocab) if vocab is not None else upper.vocab_size(),
+                          validation_targets=sorted({i.target for i in validation}),
+                          validation_items=len(validation))
         log.info("training %s at layer %d on %d items (%d pairs with framings), %d "
                  "retention/group sentences, %d generic sentences and %d passages",
                  trainable.what, layer, len(items), len(pairs), len(group_texts),
@@ -427,16 +450,24 @@ def train_at_layer(
                 status = None
                 if step % check_every == 0 or step == config.max_steps:
                     checked = time.perf_counter()
-                    ss, le = _edited_ss(scorer, pair_sents.ids[: 2 * n_plain])
+                    gaps = _check_gaps(scorer, checked_ids)
                     result.check_seconds += time.perf_counter() - checked
+                    ss, le = _ss_and_loss(gaps[:n_plain])
                     record = {"step": step, "ss": ss, "bias_loss_all": le, **terms,
                               "seconds": time.perf_counter() - start}
+                    chosen_by = ss, le
+                    if validation:
+                        chosen_by = _ss_and_loss(gaps[n_plain:])
+                        record.update(validation_ss=chosen_by[0],
+                                      validation_bias_loss=chosen_by[1])
                     result.history.append(record)
                     gap_history.append(le)
-                    key = (max(abs(ss - 50.0) - config.ss_tolerance, 0.0), le)
+                    key = (max(abs(chosen_by[0] - 50.0) - config.ss_tolerance, 0.0), chosen_by[1])
                     if best is None or key < best[0]:
                         best = (key, step, [p.detach().clone() for p in params])
-                    status = (f"SS {ss:.1f}  bias {terms['bias_loss']:.3f}  "
+                    status = (f"SS {ss:.1f}  "
+                              + (f"validation SS {chosen_by[0]:.1f}  " if validation else "")
+                              + f"bias {terms['bias_loss']:.3f}  "
                               f"retention KL {terms['retention_kl']:.4f}  "
                               f"generic KL {terms['generic_kl']:.4f}")
                     # Without a progress bar (CI, nohup, a log file) each check is a log line.
@@ -814,16 +845,53 @@ def _counterfactual_loss(upper: UpperForward, cf: _Counterfactual, chosen: Seque
     return 0.5 * ((m0.exp() * (2 * m0 - p - q)).sum(-1)).mean()
 
 
-def _edited_ss(checker: Scorer, ids: Sequence[list[int]]) -> tuple[float, float]:
-    """SS (%) and mean |gap| of the edited items themselves (no framings; `ids` alternate stereo
-    and anti), scored by the Scorer exactly as `eval` scores them; a lower-layer cache records on
-    the first call and replays after."""
+def validation_split(items: Sequence[BiasItem], fraction: float, *, seed: int = 0
+                     ) -> tuple[list[BiasItem], list[BiasItem]]:
+    """(trained, validation), each in input order: round(`fraction` × n) of each bias type's n
+    targets (at least one where n ≥ 2; whole targets move together) set aside, the first in an
+    order hashed from the seed and the target, salted apart from the run's held-out split
+    (`data.splits`). With nothing set aside the edited items choose the kept check (a log line
+    says so)."""
+    if not fraction:
+        return list(items), []
+    by_type: dict[str, list[tuple[str, str]]] = {}
+    for item in items:
+        key = target_key(item)
+        if key not in by_type.setdefault(item.bias_type, []):
+            by_type[item.bias_type].append(key)
+    aside: set[tuple[str, str]] = set()
+    for keys in by_type.values():
+        if len(keys) < 2:
+            continue
+        order = sorted(keys, key=lambda key: hashlib.sha256(
+            f"validation\x1f{seed}\x1f{key[0]}\x1f{key[1].casefold()}".encode()).hexdigest())
+        aside.update(order[:min(len(keys) - 1, max(1, round(fraction * len(keys))))])
+    trained = [i for i in items if target_key(i) not in aside]
+    validation = [i for i in items if target_key(i) in aside]
+    if not validation:
+        log.warning("validation_fraction %.2f: no bias type has two targets to set one aside; "
+                    "the edited items' own SS chooses the kept check", fraction)
+    else:
+        log.info("%d items of %d targets set aside (validation_fraction %.2f) to choose the "
+                 "kept check: %s", len(validation), len(aside), fraction,
+                 ", ".join(sorted(t for _, t in aside)))
+    return trained, validation
+
+
+def _check_gaps(checker: Scorer, ids: Sequence[list[int]]) -> np.ndarray:
+    """Each pair's gap (no framings; `ids` alternate stereo and anti), scored by the Scorer
+    exactly as `eval` scores them; a lower-layer cache records on the first call and replays
+    after."""
     spans = checker.token_logprobs(ids, [1] * len(ids), description="SS check")
     if checker.lower_cache is not None:
         checker.lower_cache.replay()
-    gaps = pair_gaps(np.array([span.mean for span in spans]))
+    return pair_gaps(np.array([span.mean for span in spans]))
+
+
+def _ss_and_loss(gaps: np.ndarray) -> tuple[float, float]:
+    """SS (%) and mean |gap| of pairs' gaps."""
     return stereotype_percent(gaps), float(bias_loss(gaps))
 
 
 __all__ = ["COUNTERFACTUAL_TARGETS", "SEEN_VOCAB_ABOVE", "TRAIN_VOCABS", "LoopSettings",
-           "TrainRun", "Trainable", "TrainingDiverged", "train_at_layer"]
+           "TrainRun", "Trainable", "TrainingDiverged", "train_at_layer", "validation_split"]
