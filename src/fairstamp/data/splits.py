@@ -37,6 +37,25 @@ def is_held_out(key: Key, *, held_out_fraction: float = 0.2, seed: int = 0) -> b
     return value < held_out_fraction * 2**64
 
 
+def targets_by_type(items: Iterable[BiasItem]) -> dict[str, list[tuple[str, str]]]:
+    """Each bias type's distinct target keys (`target_key`), in order of first appearance."""
+    by_type: dict[str, list[tuple[str, str]]] = {}
+    for item in items:
+        key = target_key(item)
+        if key not in by_type.setdefault(item.bias_type, []):
+            by_type[item.bias_type].append(key)
+    return by_type
+
+
+def hashed_order(keys: Iterable[tuple[str, str]], *, seed: int = 0, salt: str = ""
+                 ) -> list[tuple[str, str]]:
+    """Target keys in a stable order hashed from the seed and each key (and `salt`, so that two
+    uses of one seed draw independently); the same on every run and machine."""
+    head = [salt] if salt else []
+    return sorted(keys, key=lambda key: hashlib.sha256("\x1f".join(
+        [*head, str(seed), key[0], key[1].casefold()]).encode()).hexdigest())
+
+
 def split_by_target(items: Iterable[T], *, held_out_fraction: float = 0.2, seed: int = 0,
                     key: Callable[[T], Key] | None = None) -> tuple[list[T], list[T]]:
     """(edit, held_out), each in input order. `key` maps an item to its group (default: the

@@ -12,14 +12,13 @@ fits plus one scoring pass over the items per fold (docs/fast.md, "Cross-validat
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fairstamp.data.items import BiasItem
-from fairstamp.data.splits import target_key
+from fairstamp.data.splits import hashed_order, target_key, targets_by_type
 from fairstamp.errors import DataError, FairstampError
 from fairstamp.methods.base import Edit, EditContext
 from fairstamp.metrics.bias import (
@@ -39,18 +38,12 @@ def target_folds(items: Sequence[BiasItem], k: int, *, seed: int = 0) -> list[in
     round-robin, so a target's items stay together and the folds share every bias type."""
     if k < 2:
         raise FairstampError(f"cross-validation needs at least 2 folds, got {k}")
-    by_type: dict[str, list[tuple[str, str]]] = {}
-    for item in items:
-        key = target_key(item)
-        if key not in by_type.setdefault(item.bias_type, []):
-            by_type[item.bias_type].append(key)
     fold_of: dict[tuple[str, str], int] = {}
-    for bias_type, keys in by_type.items():
+    for bias_type, keys in targets_by_type(items).items():
         if len(keys) < k:
             raise DataError(f"{bias_type} has {len(keys)} targets, fewer than {k} folds; lower "
                             f"--folds")
-        order = sorted(keys, key=lambda key: hashlib.sha256(
-            f"{seed}\x1f{key[0]}\x1f{key[1].casefold()}".encode()).hexdigest())
+        order = hashed_order(keys, seed=seed)
         for position, key in enumerate(order):
             fold_of[key] = position % k
     return [fold_of[target_key(item)] for item in items]

@@ -69,7 +69,6 @@ undone (the stamp detached, FT-L's weight restored) and nothing is written.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -82,7 +81,7 @@ import torch
 
 from fairstamp.data.counterfactual import AttributeSwap, counterfactual_prefixes
 from fairstamp.data.items import BiasItem
-from fairstamp.data.splits import target_key
+from fairstamp.data.splits import hashed_order, target_key, targets_by_type
 from fairstamp.data.training_text import (
     PAIR_KINDS,
     SUBJECT_SCORES,
@@ -854,18 +853,11 @@ def validation_split(items: Sequence[BiasItem], fraction: float, *, seed: int = 
     says so)."""
     if not fraction:
         return list(items), []
-    by_type: dict[str, list[tuple[str, str]]] = {}
-    for item in items:
-        key = target_key(item)
-        if key not in by_type.setdefault(item.bias_type, []):
-            by_type[item.bias_type].append(key)
     aside: set[tuple[str, str]] = set()
-    for keys in by_type.values():
-        if len(keys) < 2:
-            continue
-        order = sorted(keys, key=lambda key: hashlib.sha256(
-            f"validation\x1f{seed}\x1f{key[0]}\x1f{key[1].casefold()}".encode()).hexdigest())
-        aside.update(order[:min(len(keys) - 1, max(1, round(fraction * len(keys))))])
+    for keys in targets_by_type(items).values():
+        if len(keys) >= 2:
+            order = hashed_order(keys, seed=seed, salt="validation")
+            aside.update(order[:min(len(keys) - 1, max(1, round(fraction * len(keys))))])
     trained = [i for i in items if target_key(i) not in aside]
     validation = [i for i in items if target_key(i) in aside]
     if not validation:
