@@ -115,7 +115,6 @@ def test_the_best_check_is_kept(tiny_tokenizer, items):
     assert mean_abs_gap(loaded, items) == pytest.approx(kept["bias_loss_all"], abs=1e-5)
 
 
-
 def test_a_validation_slice_of_targets_chooses_the_kept_check(tiny_tokenizer):
     from fairstamp.training.loop import validation_split
 
@@ -141,6 +140,7 @@ def test_a_validation_slice_of_targets_chooses_the_kept_check(tiny_tokenizer):
         assert torch.equal(a, b)
     with pytest.raises(FairstampError, match="validation_fraction"):
         FitConfig(validation_fraction=1.0)
+
 
 def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):
     """keep_mean_weight > 0 adds L_m: the gap between stereo and anti shrinks while the mean score
