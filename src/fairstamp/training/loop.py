@@ -323,6 +323,8 @@ def train_at_layer(
         raise FairstampError(f"{config.needs_group_words} needs the group words to swap "
                              "(bias-bench's attribute words in the public data folder)")
     items, validation = validation_split(items, config.validation_fraction, seed=config.seed)
+    if validation and group_swap is not None:  # as for held-out targets (EditSetup.swap_for)
+        group_swap = group_swap.without(sorted({i.target for i in validation}))
     setup_start = time.perf_counter()
     model, arch = loaded.model, loaded.arch
     scorer = Scorer.from_loaded(loaded, progress=False)
