@@ -4,7 +4,8 @@ same items, layer, text and seed, so that every target is scored by a stamp that
 A recipe is a name and FitConfig overrides (`--recipe both=pairs=both`); every recipe runs with
 the quick start's training length (`--max-steps 60`) unless it says otherwise. The table: the
 pooled held-out SS and LMS before and after, per bias type, with CIs, and the fit time. A
-finished recipe (its JSON in the results folder) is not run again, so an interrupted run resumes.
+finished recipe (its JSON in the results folder) is not run again, and neither is a finished fold
+of an unfinished one (kept beside it until the recipe ends), so an interrupted run resumes.
 
 Usage: python benchmarks/generalisation.py [--model smollm2-135m] [--bias-types gender]
            [--folds 5] [--recipe NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results]
@@ -20,12 +21,13 @@ import logging
 import time
 from pathlib import Path
 
+from fairstamp.errors import FairstampError
 from fairstamp.methods import get_method
 from fairstamp.models import load
 from fairstamp.reporting.plots import recipe_tradeoff
 from fairstamp.reporting.report import fmt_change
 from fairstamp.runs.config import EditRunConfig, choose_layer
-from fairstamp.runs.folds import cross_validate
+from fairstamp.runs.folds import FoldResult, cross_validate
 from fairstamp.runs.setup import prepare_edit
 from fairstamp.utils.io import atomic_write_json, atomic_write_text
 from fairstamp.utils.logs import setup_logging
@@ -38,6 +40,35 @@ def parse_recipe(text: str) -> tuple[str, dict[str, str]]:
     name, _, settings = text.partition("=")
     options = dict(part.split("=", 1) for part in settings.split(",") if part)
     return name, options
+
+
+class FoldStore:
+    """A recipe's finished folds, one JSON each, so that an interrupted recipe resumes at its
+    first unfinished fold; a fold stored with other settings is refused, not reused."""
+
+    def __init__(self, folder: Path, options: dict[str, str]) -> None:
+        self.folder, self.options = folder, options
+
+    def get(self, fold: int) -> FoldResult | None:
+        path = self.folder / f"fold{fold + 1}.json"
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text())
+        if stored["options"] != self.options:
+            raise FairstampError(f"{path} was run with {stored['options']}, not "
+                                 f"{self.options}; remove it to run this recipe")
+        return FoldResult(stored["record"], stored["scores"])
+
+    def put(self, fold: int, result: FoldResult) -> None:
+        atomic_write_json(self.folder / f"fold{fold + 1}.json",
+                          {"options": self.options, "record": result.record,
+                           "scores": result.scores})
+
+    def clear(self) -> None:
+        for path in self.folder.glob("fold*.json"):
+            path.unlink()
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 def fmt(mv: dict | None) -> str:
@@ -128,15 +159,18 @@ def main() -> None:
         options = {"max_steps": args.max_steps, **options}
         clock = time.perf_counter()
         method = get_method("fast", **options)
+        store = FoldStore(cache / f"{name}.folds", options)
         cv = cross_validate(
             loaded, setup.items,
             lambda items: setup.context(loaded, layer, seed=config.seed, items=items),
-            method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples)
+            method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
+            finished=store.get, on_fold=store.put)
         rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(),
                       "layer": layer,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])
+        store.clear()
     atomic_write_json(args.out / f"generalisation-{slug}.json", rows)
     before = next(iter(rows.values()))["cross_validation"]["before"]["ss"]["overall"]["value"]
     plot = recipe_tradeoff(tradeoff_points(rows), args.out / f"generalisation-{slug}.png",

@@ -68,6 +68,34 @@ def test_cross_validation_restores_the_model_and_pools_every_item(tiny_tokenizer
     assert change["ci_low"] <= change["value"] <= change["ci_high"]
 
 
+def test_a_resumed_cross_validation_reuses_finished_folds_and_gives_the_same_numbers(
+        tiny_tokenizer):
+    items = load_stereoset(bias_types=["gender"], limit=60)
+    loaded = tiny(tiny_tokenizer)
+    fit = get_method("ft", **FT_QUICK).fit
+    stored = {}
+    whole = cross_validate(loaded, items, lambda edit: context(loaded, edit), fit, folds=2,
+                           n_resamples=10, on_fold=stored.__setitem__)
+    assert sorted(stored) == [0, 1]
+    fits = []
+
+    def counted(ctx):
+        fits.append(ctx)
+        return fit(ctx)
+
+    # Fold 1 finished in an "earlier run": only fold 2 is fitted, and the numbers are the same.
+    resumed = cross_validate(loaded, items, lambda edit: context(loaded, edit), counted, folds=2,
+                             n_resamples=10, finished=lambda fold: stored.get(fold) if fold == 0
+                             else None)
+    assert len(fits) == 1
+    assert resumed["after"] == whole["after"] and resumed["change"] == whole["change"]
+    assert resumed["per_fold"][0] == whole["per_fold"][0]
+    # A stored fold from another split is refused, not silently mixed in.
+    with pytest.raises(FairstampError, match="stored fold held out"):
+        cross_validate(loaded, items, lambda edit: context(loaded, edit), fit, folds=2,
+                       n_resamples=10, finished=lambda fold: stored[1 - fold])
+
+
 def test_the_paired_change_of_ss_has_a_narrower_ci_than_either_ss():
     from fairstamp.metrics.bias import stereotype_score, stereotype_score_change
 
@@ -126,6 +154,9 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     rows = json.loads(tables[0].with_suffix(".json").read_text())
     assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
         "before"]
+    # No stored fold is left once a recipe's JSON is written.
+    cache = tmp_path / tables[0].stem
+    assert sorted(p.name for p in cache.iterdir()) == ["attribute.json", "both.json"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fairstamp.data.items import BiasItem
@@ -31,6 +32,14 @@ from fairstamp.scoring import Scorer
 from fairstamp.utils.repro import seed_everything
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One finished fold: its record (as in `per_fold`) and its held-out sentences' scores."""
+
+    record: dict[str, Any]
+    scores: dict[str, float]
 
 
 def target_folds(items: Sequence[BiasItem], k: int, *, seed: int = 0) -> list[int]:
@@ -60,10 +69,17 @@ def cross_validate(
     n_resamples: int = 1000,
     max_batch_tokens: int | None = None,
     progress: bool | None = None,
+    finished: Callable[[int], FoldResult | None] | None = None,
+    on_fold: Callable[[int, FoldResult], None] | None = None,
 ) -> dict[str, Any]:
     """Fit `fit` K times (each fold's targets held out) on the model in `loaded`, which is left
     as it was; returns the pooled held-out SS/LMS before and after, and each fold's record.
-    `make_context(edit_items)` gives the EditContext of a fold's edit side."""
+    `make_context(edit_items)` gives the EditContext of a fold's edit side.
+
+    Resuming: `on_fold(fold, result)` is called as each fold finishes (its record and held-out
+    sentence scores), and `finished(fold)` may return such a result from an earlier run, which is
+    then used instead of fitting (the fold's held-out targets must match). Every fold seeds
+    itself, so a resumed run gives the numbers of an uninterrupted one."""
     items = list(items)
     fold_of = target_folds(items, folds, seed=seed)
     needed = sentences_to_score(items, paraphrases=False)
@@ -75,6 +91,18 @@ def cross_validate(
         edit_items = [it for it, f in zip(items, fold_of) if f != fold]
         held = [it for it, f in zip(items, fold_of) if f == fold]
         held_targets = sorted({f"{it.bias_type}:{it.target}" for it in held})
+        earlier = finished(fold) if finished is not None else None
+        if earlier is not None:
+            if earlier.record.get("held_out_targets") != held_targets:
+                raise FairstampError(
+                    f"CV fold {fold + 1}: the stored fold held out "
+                    f"{earlier.record.get('held_out_targets')}, this split holds out "
+                    f"{held_targets}; remove the stored folds to start again")
+            log.info("CV fold %d/%d: reused from an earlier run (%s)", fold + 1, folds,
+                     ", ".join(held_targets))
+            after.update(earlier.scores)
+            records.append(earlier.record)
+            continue
         log.info("CV fold %d/%d: fitting on %d items, holding out %d items (%s)", fold + 1,
                  folds, len(edit_items), len(held), ", ".join(held_targets))
         clock = time.perf_counter()
@@ -86,16 +114,20 @@ def cross_validate(
             scored = Scorer.from_loaded(loaded, max_batch_tokens=max_batch_tokens,
                                         progress=progress).score(
                 sentences, description=f"CV fold {fold + 1}: held-out")
-            after.update(zip(sentences, scored.mean.tolist()))
+            fold_scores = dict(zip(sentences, scored.mean.tolist()))
+            after.update(fold_scores)
         finally:
             edit.restore(loaded)
         fold_ss = stereotype_score(held, after, n_resamples=0, seed=seed).overall.value
         log.info("CV fold %d/%d: held-out SS %.1f (before %.1f) on %d items", fold + 1, folds,
                  fold_ss, stereotype_score(held, before, n_resamples=0, seed=seed).overall.value,
                  len(held))
-        records.append({"fold": fold, "held_out_targets": held_targets, "n_edit": len(edit_items),
-                        "n_held_out": len(held), "fit_seconds": round(fit_seconds, 2),
-                        "held_out_ss": fold_ss, "edit": edit.summary()})
+        record = {"fold": fold, "held_out_targets": held_targets, "n_edit": len(edit_items),
+                  "n_held_out": len(held), "fit_seconds": round(fit_seconds, 2),
+                  "held_out_ss": fold_ss, "edit": edit.summary()}
+        records.append(record)
+        if on_fold is not None:
+            on_fold(fold, FoldResult(record, fold_scores))
     return {
         "folds": folds,
         "n_items": len(items),
