@@ -5,6 +5,7 @@ from __future__ import annotations
 from random import Random
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
@@ -314,3 +315,31 @@ def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap():
     from fairstamp.methods.finetune import FineTuneConfig  # a baseline: as published, no L_c
 
     assert FineTuneConfig().counterfactual_delta(gender, swap) == 0.0
+
+
+def test_a_validation_slice_keeps_its_targets_out_of_the_swapped_prefixes(tiny_tokenizer):
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from fairstamp.training.loop import validation_split
+    from test_fast import tiny
+
+    items = load_stereoset(bias_types=["gender"], limit=80)
+    trained, validation = validation_split(items, 0.3)
+    aside = sorted({i.target for i in validation})
+    swap = group_swap(WORDS, ["gender"])
+    # schoolboy is set aside and schoolgirl trained: the whole swap would write "The schoolboy".
+    assert "schoolboy" in aside and "schoolgirl" in {i.target for i in trained}
+    settings = dict(width=8, max_steps=4, check_every=0, batch_pairs=8, batch_kl=4, framings=1,
+                    lr=1e-2, min_steps=100, keep_best=False, counterfactual_weight=3.0)
+
+    def stamp(chosen, words, **extra):
+        loaded = tiny(tiny_tokenizer)
+        result = fit_stamp(loaded, chosen, 1, retention_sentences=["Christians celebrate Easter."],
+                           group_swap=words, config=FitConfig(**settings, **extra))
+        return list(result.stamp.module.state_dict().values())
+
+    # The set-aside targets' words are out of L_c's prefixes: training with the slice is training
+    # on the other items with a swap that never writes them, bit for bit ...
+    with_slice = stamp(items, swap, validation_fraction=0.3)
+    assert all(torch.equal(a, b) for a, b in zip(with_slice, stamp(trained, swap.without(aside))))
+    # ... and not with the whole swap, which writes them.
+    assert not all(torch.equal(a, b) for a, b in zip(with_slice, stamp(trained, swap)))
