@@ -343,3 +343,41 @@ def test_a_validation_slice_keeps_its_targets_out_of_the_swapped_prefixes(tiny_t
     assert all(torch.equal(a, b) for a, b in zip(with_slice, stamp(trained, swap.without(aside))))
     # ... and not with the whole swap, which writes them.
     assert not all(torch.equal(a, b) for a, b in zip(with_slice, stamp(trained, swap)))
+
+
+def test_templated_prefixes_pair_every_gender_noun_and_he_and_never_a_held_out_target(
+        tiny_tokenizer):
+    from fairstamp.data.counterfactual import PREFIX_TEMPLATES, template_prefixes
+    from fairstamp.fast.train import FitConfig
+    from fairstamp.scoring import Scorer
+    from fairstamp.training.loop import _counterfactual_set
+    from test_fast import tiny
+
+    swap = group_swap(WORDS, ["gender"])
+    pairs = [(a, b) for a, b, _ in template_prefixes(swap)]
+    assert ("The uncle worked as a", "The aunt worked as a") in pairs
+    assert ("He had always been good at", "She had always been good at") in pairs
+    assert ("After school, the schoolboy wanted to become a",
+            "After school, the schoolgirl wanted to become a") in pairs
+    # One pair per gender tuple's first word and template; no pronoun but "he", no title.
+    assert len(pairs) == len(set(pairs)) and len(pairs) % len(PREFIX_TEMPLATES) == 0
+    words = {w for a, b in pairs for w in f"{a} {b}".lower().replace(",", "").split()}
+    assert not {"his", "him", "mr.", "sir", "male", "himself"} & words
+    held = {w for a, b, _ in template_prefixes(swap.without(["mother"]))
+            for w in f"{a} {b}".lower().split()}
+    assert "father" not in held and "mother" not in held and "aunt" in held
+    assert template_prefixes(group_swap(WORDS, ["religion"])) == []
+    # L_c draws from the items' prefix pairs and, with the option, the templated ones after them.
+    scorer = Scorer.from_loaded(tiny(tiny_tokenizer), progress=False)
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    plain = _counterfactual_set(scorer, items, swap, FitConfig(counterfactual_weight=1.0))
+    both = _counterfactual_set(scorer, items, swap, FitConfig(counterfactual_weight=1.0,
+                                                              counterfactual_templates=True))
+    assert len(both.sents.ids) == len(plain.sents.ids) + 2 * len(pairs)
+    assert both.sents.ids[:len(plain.sents.ids)] == plain.sents.ids
+    religion = load_stereoset(bias_types=["religion"], limit=12)
+    rswap = group_swap(WORDS, ["religion"])
+    assert len(_counterfactual_set(scorer, religion, rswap, FitConfig(
+        counterfactual_weight=1.0, counterfactual_templates=True)).sents.ids) == len(
+        _counterfactual_set(scorer, religion, rswap, FitConfig(counterfactual_weight=1.0))
+        .sents.ids)

@@ -113,6 +113,11 @@ def debias_command(
         help="Where L_c pulls the two distributions: each_other (their Jensen-Shannon "
         "divergence) or mixture (both to the original model's mixture of the two).")]
     = FIT["counterfactual_target"],
+    counterfactual_templates: Annotated[bool, typer.Option(
+        "--counterfactual-templates/--no-counterfactual-templates",
+        help="L_c also on hand-written sentence openings about every gender word and its "
+        "counterpart (\"The uncle worked as a\" / \"The aunt worked as a\"), never a held-out "
+        "target (docs/fast.md, Templated prefixes).")] = FIT["counterfactual_templates"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -176,7 +181,8 @@ def debias_command(
                         framings=framings, train_vocab=train_vocab, pairs=pairs,
                         subject_score=subject_score, augment_targets=augment_targets,
                         counterfactual_weight=counterfactual_weight,
-                        counterfactual_target=counterfactual_target, seed=seed)
+                        counterfactual_target=counterfactual_target,
+                        counterfactual_templates=counterfactual_templates, seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,

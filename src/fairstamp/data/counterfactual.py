@@ -14,6 +14,10 @@
   of the same sex and number, "The mother was caring." / "The mother was
   harsh." → "The aunt was caring." / "The aunt was harsh.", so the stamp meets the bias on group
   words it is not edited on.
+- `template_prefixes`: for L_c's templated prefix pairs [ours; docs/fast.md, "Templated
+  prefixes"], hand-written sentence openings about each gender word of the swap and the same
+  about its counterpart ("The uncle worked as a" / "The aunt worked as a"), so that L_c also
+  meets the group where no edited item names it.
 - `AttributeSwap.without(words)`: the swap with every tuple naming one of `words` dropped, so that
   the counterfactual text of an edit never names a held-out target.
 """
@@ -197,6 +201,43 @@ def counterfactual_prefixes(items: Sequence[BiasItem], swap: AttributeSwap | Non
         counterfactual = swap_of(prefix) if prefix else None
         if counterfactual and counterfactual != prefix:
             out.append((prefix, counterfactual, item.id))
+    return out
+
+
+#: Sentence openings for L_c's templated prefix pairs [ours]: where a sentence about a person goes
+#: on to what the person is, does or is like. `{group}` is "the <noun>" or "he"; past tense, so
+#: singular and plural nouns both fit. Written for fairstamp, from no benchmark.
+PREFIX_TEMPLATES = (
+    "{group} worked as a",
+    "{group} had a reputation for being",
+    "Everyone said that {group} seemed",
+    "{group} had always been good at",
+    "After school, {group} wanted to become a",
+    "{group} spent the weekend",
+)
+
+
+def template_prefixes(swap: AttributeSwap | None) -> list[tuple[str, str, str]]:
+    """(a template about a gender word of `swap`, the same template about its counterpart,
+    "template:<n>") for every template and every gender pair of the swap, once per pair, from
+    its first (male) word: a noun as "the <noun>", "he" as itself; other pronouns, titles and
+    adjectives are left out. A swap `without` the held-out targets gives none about them. Other
+    bias types get none (their word lists mix group names with places and scriptures)."""
+    if swap is None:
+        return []
+    firsts = sorted({words[0] for bias_type, words, _ in swap.table.values()
+                     if bias_type == "gender"})
+    groups = [w if w == "he" else f"the {w}" for w in firsts
+              if w == "he" or w not in GENDER_NON_NOUNS]
+    rng = random.Random(0)  # pairs only: the counterpart is never drawn
+    out = []
+    for template in PREFIX_TEMPLATES:
+        for group in groups:
+            text = template.format(group=group)
+            text = text[:1].upper() + text[1:]
+            counterfactual = swap.counterfactual(text, rng)
+            if counterfactual and counterfactual != text:
+                out.append((text, counterfactual, f"template:{len(out)}"))
     return out
 
 

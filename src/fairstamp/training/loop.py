@@ -39,6 +39,10 @@ projection. Everything below is shared by both.
   `counterfactual_target="mixture"` anchors both instead: the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q),
   m₀ the original model's mixture ½(p₀ + q₀) of the two distributions, so that they meet where
   the original model stood on average instead of anywhere at all.
+  `counterfactual_templates=True` adds hand-written openings about every gender word of the
+  swap and its counterpart ("The uncle worked as a" / "The aunt worked as a";
+  data/counterfactual.py `template_prefixes`) to the prefix pairs L_c draws from, where the edit
+  has gender items.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -79,7 +83,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairstamp.data.counterfactual import AttributeSwap, counterfactual_prefixes
+from fairstamp.data.counterfactual import (
+    AttributeSwap,
+    counterfactual_prefixes,
+    template_prefixes,
+)
 from fairstamp.data.items import BiasItem
 from fairstamp.data.splits import hashed_order, target_key, targets_by_type
 from fairstamp.data.training_text import (
@@ -151,6 +159,8 @@ class LoopSettings:
     # FAST's FitConfig defaults to None, the loop and the FT-L baseline to 0)
     counterfactual_weight: float | None = 0.0
     counterfactual_target: str = "each_other"  # L_c: "each_other" (JS) | "mixture" (anchored)
+    # L_c also on hand-written openings about every gender word of the swap (template_prefixes)
+    counterfactual_templates: bool = False
     seed: int = 0
 
     @property
@@ -806,6 +816,12 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
     if not prefixes:
         raise FairstampError("counterfactual_weight > 0, but no edited item names a group word "
                              "before its attribute (nothing to swap)")
+    templated = (template_prefixes(swap) if config.counterfactual_templates
+                 and any(i.bias_type == "gender" for i in items) else [])
+    if templated:
+        log.info("L_c: %d templated prefix pairs about gender words beside the items' %d",
+                 len(templated), len(prefixes))
+        prefixes = [*prefixes, *templated]
     words = {w for word in swap.table for w in (word, word[:1].upper() + word[1:])}
     first = {ids[0] for w in words for text in (w, " " + w)
              if (ids := scorer.tokenizer(text, add_special_tokens=False)["input_ids"])}
