@@ -375,6 +375,8 @@ def test_templated_prefixes_pair_every_gender_noun_and_he_and_never_a_held_out_t
                                                               counterfactual_templates=True))
     assert len(both.sents.ids) == len(plain.sents.ids) + 2 * len(pairs)
     assert both.sents.ids[:len(plain.sents.ids)] == plain.sents.ids
+    with pytest.raises(FairstampError, match="counterfactual_weight 0 turns off"):
+        FitConfig(counterfactual_weight=0.0, counterfactual_templates=True)
     religion = load_stereoset(bias_types=["religion"], limit=12)
     rswap = group_swap(WORDS, ["religion"])
     assert len(_counterfactual_set(scorer, religion, rswap, FitConfig(

@@ -203,6 +203,9 @@ class LoopSettings:
             raise FairstampError(f"counterfactual_target must be one of "
                                  f"{', '.join(COUNTERFACTUAL_TARGETS)}, got "
                                  f"{self.counterfactual_target!r}")
+        if self.counterfactual_templates and self.counterfactual_weight == 0:
+            raise FairstampError("counterfactual_templates adds prefix pairs to L_c, which "
+                                 "counterfactual_weight 0 turns off")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise FairstampError(f"validation_fraction must be in [0, 1), got "
                                  f"{self.validation_fraction}")
@@ -818,6 +821,9 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
                              "before its attribute (nothing to swap)")
     templated = (template_prefixes(swap) if config.counterfactual_templates
                  and any(i.bias_type == "gender" for i in items) else [])
+    if config.counterfactual_templates and not templated:
+        log.warning("counterfactual_templates: no gender items with gender words to swap, so no "
+                    "templated prefixes")
     if templated:
         log.info("L_c: %d templated prefix pairs about gender words beside the items' %d",
                  len(templated), len(prefixes))
