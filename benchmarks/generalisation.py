@@ -1,7 +1,8 @@
 """Which FAST recipe generalises: each recipe cross-validated by target (runs/folds.py) on the
 same items, layer, text and seed, so that every target is scored by a stamp that never saw it.
 
-A recipe is a name and FitConfig overrides (`--recipe both=pairs=both`); every recipe runs with
+A recipe is a name and FitConfig overrides (`--recipe both=pairs=both`), plus `layer=N` for the
+stamp's layer (else the `two-thirds` rule's, as in `fairstamp debias`); every recipe runs with
 the quick start's training length (`--max-steps 60`) unless it says otherwise. The table: the
 pooled held-out SS and LMS before and after, per bias type, with CIs, and the fit time. A
 finished recipe (its JSON in the results folder) is not run again, and neither is a finished fold
@@ -19,6 +20,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fairstamp.errors import FairstampError
@@ -69,6 +71,15 @@ class FoldStore:
             path.unlink()
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def recipe_layer_of(config: EditRunConfig, text: str, loaded) -> int:
+    """A recipe's `layer=N`, range-checked as `fairstamp debias --layer N` is."""
+    try:
+        given = int(text)
+    except ValueError:
+        raise FairstampError(f"layer={text}: not a whole number") from None
+    return choose_layer(replace(config, layer=given), loaded.num_layers, loaded.name)[0]
 
 
 def fmt(mv: dict | None) -> str:
@@ -157,16 +168,20 @@ def main() -> None:
             rows[name] = json.loads(path.read_text())
             continue
         options = {"max_steps": args.max_steps, **options}
+        fit_options = {k: v for k, v in options.items() if k != "layer"}
+        recipe_layer = layer if "layer" not in options else recipe_layer_of(
+            config, options["layer"], loaded)
         clock = time.perf_counter()
-        method = get_method("fast", **options)
+        method = get_method("fast", **fit_options)
         store = FoldStore(cache / f"{name}.folds", options)
         cv = cross_validate(
             loaded, setup.items,
-            lambda items: setup.context(loaded, layer, seed=config.seed, items=items),
+            lambda items, at=recipe_layer: setup.context(loaded, at, seed=config.seed,
+                                                         items=items),
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
             finished=store.get, on_fold=store.put)
         rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(),
-                      "layer": layer,
+                      "layer": recipe_layer,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])

@@ -141,7 +141,7 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     run = subprocess.run(
         [sys.executable, str(script), "--model", str(tiny_model_dir), "--folds", "2",
          "--max-steps", "2", "--recipe", "attribute=width=8", "--recipe",
-         "both=pairs=both,width=8", "--out", str(tmp_path)],
+         "both=pairs=both,width=8,layer=0", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "FAIRSTAMP_DATA": str(SHARED_DATA)})
     assert run.returncode == 0, run.stderr[-2000:]
@@ -154,6 +154,9 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     rows = json.loads(tables[0].with_suffix(".json").read_text())
     assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
         "before"]
+    # `layer=N` places that recipe's stamps; the others keep the two-thirds rule's (2 of 3).
+    assert (rows["attribute"]["layer"], rows["both"]["layer"]) == (2, 0)
+    assert rows["both"]["options"]["layer"] == "0" and "layer" not in rows["both"]["fit"]
     # No stored fold is left once a recipe's JSON is written.
     cache = tmp_path / tables[0].stem
     assert sorted(p.name for p in cache.iterdir()) == ["attribute.json", "both.json"]
