@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from random import Random
 
 import pytest
@@ -295,7 +296,7 @@ def test_the_mixture_target_anchors_both_distributions_to_the_originals_mixture(
         FitConfig(counterfactual_target="anywhere")
 
 
-def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap():
+def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap(caplog):
     from fairstamp.fast.train import FitConfig
     from fairstamp.training.loop import AUTO_COUNTERFACTUAL_WEIGHT
 
@@ -306,6 +307,9 @@ def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap():
     assert auto.counterfactual_weight is None and auto.needs_group_words is None
     assert auto.counterfactual_delta(gender, swap) == AUTO_COUNTERFACTUAL_WEIGHT
     assert auto.counterfactual_delta(gender, None) == 0.0  # no attribute-words file
+    with caplog.at_level(logging.WARNING, logger="fairstamp.training.loop"):
+        FitConfig(counterfactual_templates=True).counterfactual_delta(gender, None)
+    assert "counterfactual_templates ignored: L_c is off" in caplog.text
     # A profession edit gets no swap (training_text builds one for gender, race, religion).
     assert auto.counterfactual_delta(profession, None) == 0.0
     assert FitConfig(counterfactual_weight=0.0).counterfactual_delta(gender, swap) == 0.0

@@ -204,6 +204,12 @@ def counterfactual_prefixes(items: Sequence[BiasItem], swap: AttributeSwap | Non
     return out
 
 
+#: Gender words that are not nouns a target can be replaced by (pronouns, titles, adjectives).
+GENDER_NON_NOUNS = frozenset({
+    "he", "she", "him", "her", "his", "hers", "himself", "herself", "sir", "ma'am", "miss",
+    "mr.", "mrs.", "ms.", "male", "female", "males", "females"})
+
+
 #: Sentence openings for L_c's templated prefix pairs [ours]: where a sentence about a person goes
 #: on to what the person is, does or is like. `{group}` is "the <noun>" or "he"; past tense, so
 #: singular and plural nouns both fit. Written for fairstamp, from no benchmark.
@@ -239,12 +245,6 @@ def template_prefixes(swap: AttributeSwap | None) -> list[tuple[str, str, str]]:
             if counterfactual and counterfactual != text:
                 out.append((text, counterfactual, f"template:{len(out)}"))
     return out
-
-
-#: Gender words that are not nouns a target can be replaced by (pronouns, titles, adjectives).
-GENDER_NON_NOUNS = frozenset({
-    "he", "she", "him", "her", "his", "hers", "himself", "herself", "sir", "ma'am", "miss",
-    "mr.", "mrs.", "ms.", "male", "female", "males", "females"})
 
 
 def inflections(word: str) -> set[str]:

@@ -220,7 +220,11 @@ class LoopSettings:
         if self.counterfactual_weight is not None:
             return self.counterfactual_weight
         if group_swap is None or not counterfactual_prefixes(items, group_swap, seed=self.seed):
-            log.info("L_c off: the edited items name no group words to swap")
+            if self.counterfactual_templates:
+                log.warning("counterfactual_templates ignored: L_c is off, since the edited "
+                            "items name no group words to swap")
+            else:
+                log.info("L_c off: the edited items name no group words to swap")
             return 0.0
         return AUTO_COUNTERFACTUAL_WEIGHT
 
