@@ -161,6 +161,9 @@ def main() -> None:
     loaded = load(args.model)
     setup = prepare_edit(config)
     layer, _ = choose_layer(config, loaded.num_layers, loaded.name)
+    # Every recipe's layer is checked before the first one runs.
+    layers = {name: layer if "layer" not in options else recipe_layer_of(
+        config, options["layer"], loaded) for name, options in recipes.items()}
     rows = {}
     for name, options in recipes.items():
         path = cache / f"{name}.json"
@@ -169,8 +172,7 @@ def main() -> None:
             continue
         options = {"max_steps": args.max_steps, **options}
         fit_options = {k: v for k, v in options.items() if k != "layer"}
-        recipe_layer = layer if "layer" not in options else recipe_layer_of(
-            config, options["layer"], loaded)
+        recipe_layer = layers[name]
         clock = time.perf_counter()
         method = get_method("fast", **fit_options)
         store = FoldStore(cache / f"{name}.folds", options)
