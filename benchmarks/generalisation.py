@@ -172,18 +172,17 @@ def main() -> None:
             continue
         options = {"max_steps": args.max_steps, **options}
         fit_options = {k: v for k, v in options.items() if k != "layer"}
-        recipe_layer = layers[name]
         clock = time.perf_counter()
         method = get_method("fast", **fit_options)
         store = FoldStore(cache / f"{name}.folds", options)
         cv = cross_validate(
             loaded, setup.items,
-            lambda items, at=recipe_layer: setup.context(loaded, at, seed=config.seed,
+            lambda items, at=layers[name]: setup.context(loaded, at, seed=config.seed,
                                                          items=items),
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
             finished=store.get, on_fold=store.put)
         rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(),
-                      "layer": recipe_layer,
+                      "layer": layers[name],
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])

@@ -155,6 +155,8 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
         "before"]
     # `layer=N` places that recipe's stamps; the others keep the two-thirds rule's (2 of 3).
+    assert [f["edit"]["layer"] for r in ("attribute", "both")
+            for f in rows[r]["cross_validation"]["per_fold"]] == [2, 2, 0, 0]
     assert (rows["attribute"]["layer"], rows["both"]["layer"]) == (2, 0)
     assert rows["both"]["options"]["layer"] == "0" and "layer" not in rows["both"]["fit"]
     # No stored fold is left once a recipe's JSON is written.
