@@ -140,6 +140,26 @@ def test_general_suite_on_tiny_model(tmp_path, tiny_model_dir, capsys):
     predictions = json.loads((tmp_path / "g" / "predictions.json").read_text())
     assert len(predictions["known_1000_top1"]) == 30
     assert "WikiText-2 perplexity" in stdout
+    assert "top-1 changed" not in (tmp_path / "g" / "report.md").read_text()
+    # Against a reference whose top-1 differs on two facts: "kept" and the report list them.
+    top1 = predictions["known_1000_top1"]
+    flipped = sorted(top1)[:2]
+    for known_id in flipped:
+        top1[known_id] += 1
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "predictions.json").write_text(json.dumps(predictions))
+    code, _, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
+                        "--general-limits", limits, "--bootstrap", "20",
+                        "--data-dir", str(SHARED_DATA), "--reference", str(tmp_path / "ref"),
+                        "--out", str(tmp_path / "k")], capsys)
+    assert code == 0, err
+    known = json.loads((tmp_path / "k" / "metrics.json").read_text())["metrics"]["general"][
+        "known_1000"]
+    assert known["kept"]["value"] == pytest.approx(100 * 28 / 30)
+    assert sorted(str(c["known_id"]) for c in known["changed"]) == flipped
+    report = (tmp_path / "k" / "report.md").read_text()
+    assert "2 fact(s) changed their top-1 next token" in report
+    assert all(f"| {c['known_id']} | {c['prompt']} |" in report for c in known["changed"])
     code, _, err = run(["eval", "--model", str(tiny_model_dir), "--suite", "general",
                         "--general-limits", "boolq=many", "--out", str(tmp_path / "h")], capsys)
     assert code == 2 and "--general-limits" in err and not (tmp_path / "h").exists()

@@ -209,6 +209,12 @@ def test_known_facts_top1_matches_longhand_argmax_and_kept_uses_the_reference(
     reference["100"] = expected_top1["100"] + 1
     again = known_facts(scorer, facts, reference=reference, n_resamples=50)
     assert again["kept"].value == pytest.approx(100.0 * (len(facts) - 1) / len(facts))
+    decode = tiny_tokenizer.decode
+    assert again["changed"] == [{
+        "known_id": 100, "prompt": prompts[0], "answer": "the chess player",
+        "before": decode([reference["100"]]), "after": decode([expected_top1["100"]]),
+        "right_before": reference["100"] == the, "right_after": expected_top1["100"] == the}]
+    assert "changed" not in result
     with pytest.raises(FairstampError, match="known_id 101"):
         known_facts(scorer, facts, reference={"100": 3})
 

@@ -139,7 +139,10 @@ def known_facts(
     Returns `accuracy` (% of facts whose top-1 next token after `prompt` is the first token of
     `" " + attribute`), `top1` (str(known_id) -> the model's top-1 token id, to keep as the
     reference of later runs) and, when `reference` is given, `kept` (% of facts whose top-1 is
-    still the reference's). Prompt and attribute are tokenized together (the harness rule).
+    still the reference's) and `changed`: one record per fact whose top-1 is not, with the
+    prompt, the answer, both top-1 tokens decoded and whether each was right, so that a report
+    can tell a lost fact from a flipped guess. Prompt and attribute are tokenized together (the
+    harness rule).
     """
     if not facts:
         raise FairstampError("no facts to evaluate")
@@ -159,6 +162,14 @@ def known_facts(
                                  f"e.g. known_id {missing[0]}")
         kept = np.array([top1[k] == int(reference[k]) for k in top1], dtype=bool)
         out["kept"] = percent_true(kept, n_resamples=n_resamples, seed=seed)
+        decode = scorer.tokenizer.decode
+        out["changed"] = [
+            {"known_id": f.known_id, "prompt": f.prompt, "answer": f.attribute.strip(),
+             "before": decode([int(reference[str(f.known_id)])]),
+             "after": decode([int(s.top1[0])]),
+             "right_before": int(reference[str(f.known_id)]) == int(s.token_ids[0]),
+             "right_after": bool(right)}
+            for f, s, right, same in zip(facts, spans, correct, kept) if not same]
     return out
 
 

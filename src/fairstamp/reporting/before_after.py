@@ -13,6 +13,7 @@ from fairstamp.reporting.report import (
     fmt,
     fmt_change,
     fmt_count,
+    known_changes,
     transfer_digits,
     transfer_value,
 )
@@ -192,6 +193,9 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         lines += ["", "## Per bias type", "", "| metric | bias type | before | after |",
                   "|---|---|---|---|"]
         lines += [f"| {' | '.join(row)} |" for row in per_type]
+    changes = known_changes(metrics["after"]["metrics"])
+    if changes:
+        lines += ["", *changes[:-1]]
     cv = metrics.get("cross_validation")
     if cv:
         lines += ["", f"## Cross-validation by target ({cv['folds']} folds)", "",

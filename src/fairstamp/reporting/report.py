@@ -89,6 +89,34 @@ def general_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def known_changes(metrics: Mapping[str, Any]) -> list[str]:
+    """Markdown lines listing the known_1000 facts whose top-1 changed against the reference
+    (metrics `general.known_1000.changed`), with how many right answers were lost and gained:
+    "kept" counts every flip, and most flips of a small model are between two wrong guesses."""
+    changed = ((metrics.get("general") or {}).get("known_1000") or {}).get("changed")
+    if not changed:
+        return []
+    lost = sum(c["right_before"] and not c["right_after"] for c in changed)
+    gained = sum(c["right_after"] and not c["right_before"] for c in changed)
+    lines = ["## known_1000 facts whose top-1 changed", "",
+             f"{len(changed)} fact(s) changed their top-1 next token: {lost} right answer(s) "
+             f"lost, {gained} gained, {len(changed) - lost - gained} from one wrong answer to "
+             "another.", "",
+             "| known_id | prompt | answer | top-1 before | top-1 after | lost / gained |",
+             "|---|---|---|---|---|---|"]
+    for c in changed:
+        flag = ("lost" if c["right_before"] and not c["right_after"] else
+                "gained" if c["right_after"] and not c["right_before"] else "")
+        lines.append(f"| {c['known_id']} | {_cell(c['prompt'])} | {_cell(c['answer'])} | "
+                     f"`{_cell(repr(c['before']))}` | `{_cell(repr(c['after']))}` | {flag} |")
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    """Text made safe for one Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def transfer_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(label, value, ideal) for the transfer suite's headline numbers present
     (`metrics["transfer"][part][key]`, labelled by `fairstamp.metrics.transfer.HEADLINES`)."""
@@ -207,6 +235,7 @@ def markdown_report(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         lines += ["## General ability", "", "| metric | value | ideal |", "|---|---|---|"]
         lines += [f"| {label} | {value} | {ideal} |" for label, value, ideal in grows]
         lines.append("")
+    lines += known_changes(metrics)
     trows = transfer_rows(metrics)
     if trows:
         lines += ["## Transfer: bias on benchmarks no edit saw, and in generated text", "",

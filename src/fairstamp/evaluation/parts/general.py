@@ -51,7 +51,10 @@ class GeneralPart(SuitePart):
         known = gmetrics.known_facts(scorer, self.facts,
                                      reference=context.reference.get("known_1000_top1"), **kw)
         predictions["known_1000_top1"] = known["top1"]
-        out["known_1000"] = {k: v.to_dict() for k, v in known.items() if k != "top1"}
+        out["known_1000"] = {k: v.to_dict() for k, v in known.items()
+                             if k not in ("top1", "changed")}
+        if "changed" in known:
+            out["known_1000"]["changed"] = known["changed"]
         out["downstream"] = {}
         for task, items in self.tasks.items():
             result = gmetrics.multiple_choice_accuracy(scorer, items, **kw)
