@@ -3,15 +3,18 @@ same items, layer, text and seed, so that every target is scored by a stamp that
 
 A recipe is a name and FitConfig overrides (`--recipe both=pairs=both`), plus `layer=N` for the
 stamp's layer (else the `two-thirds` rule's, as in `fairstamp debias`); every recipe runs with
-the quick start's training length (`--max-steps 60`) unless it says otherwise. The table: the
+the quick start's training length (`--max-steps 60`) unless it says otherwise. `--seed` is the
+run's (the folds' targets, each stamp's initialisation and minibatches); a recipe cannot set it,
+so a second seed is a second results file (`-seed<N>` in its name). The table: the
 pooled held-out SS and LMS before and after, per bias type, with CIs, and the fit time. A
 finished recipe (its JSON in the results folder) is not run again, and neither is a finished fold
 of an unfinished one (kept beside it until the recipe ends), so an interrupted run resumes.
 
 Usage: python benchmarks/generalisation.py [--model smollm2-135m] [--bias-types gender]
-           [--folds 5] [--recipe NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results]
-Writes benchmarks/results/generalisation-<model>-<bias types>-cv<K>.{json,md,png} (the png:
-each recipe's held-out SS against the LMS it cost).
+           [--folds 5] [--seed 0] [--recipe NAME=KEY=VALUE,KEY=VALUE ...]
+           [--out benchmarks/results]
+Writes benchmarks/results/generalisation-<model>-<bias types>-cv<K>[-seed<N>].{json,md,png}
+(the png: each recipe's held-out SS against the LMS it cost).
 """
 
 from __future__ import annotations
@@ -101,9 +104,9 @@ def tradeoff_points(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
-          plot: str | None = None) -> str:
+          plot: str | None = None, seed: int = 0) -> str:
     lines = [f"# Generalisation by recipe — {model}, StereoSet dev {bias_types}, {folds}-fold "
-             "cross-validation by target", "",
+             "cross-validation by target" + (f", seed {seed}" if seed else ""), "",
              "Command: `python benchmarks/generalisation.py` (each recipe: one stamp per fold, "
              "trained on the other folds' targets; every item scored by the stamp that never "
              "saw its target; SS/LMS pooled over all items, 95% bootstrap CIs; the change's CI is "
@@ -147,17 +150,22 @@ def main() -> None:
     parser.add_argument("--bias-types", default="gender")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-steps", default="60")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", action="append", default=None,
                         help="NAME=KEY=VALUE,... (FitConfig overrides); repeatable")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     setup_logging(logging.INFO, show_library_progress=False)
     recipes = dict(parse_recipe(r) for r in (args.recipe or ["attribute=", "both=pairs=both"]))
+    for name, options in recipes.items():
+        if "seed" in options:  # FAST takes the run's seed (methods/fast.py): it would be ignored
+            parser.error(f"--recipe {name}: seed is the run's; use --seed")
     # A folder or hub id names the file by its last part ("EleutherAI/pythia-160m" → pythia-160m).
-    slug = f"{Path(args.model).name}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
+    slug = (f"{Path(args.model).name}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
+            + (f"-seed{args.seed}" if args.seed else ""))
     cache = args.out / f"generalisation-{slug}"
     config = EditRunConfig(model=args.model, bias_types=args.bias_types.split(","),
-                           folds=args.folds)
+                           folds=args.folds, seed=args.seed)
     loaded = load(args.model)
     setup = prepare_edit(config)
     layer, _ = choose_layer(config, loaded.num_layers, loaded.name)
@@ -182,7 +190,7 @@ def main() -> None:
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
             finished=store.get, on_fold=store.put)
         rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(),
-                      "layer": layers[name],
+                      "layer": layers[name], "seed": config.seed,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])
@@ -193,7 +201,7 @@ def main() -> None:
                            title=f"FAST recipes, {args.model}, {args.bias_types}: "
                                  f"{args.folds}-fold CV by target", before=before)
     text = table(args.model, args.bias_types, args.folds, rows,
-                 plot=plot.name if plot is not None else None)
+                 plot=plot.name if plot is not None else None, seed=args.seed)
     atomic_write_text(args.out / f"generalisation-{slug}.md", text)
     print(text)
 

@@ -162,6 +162,27 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     # No stored fold is left once a recipe's JSON is written.
     cache = tmp_path / tables[0].stem
     assert sorted(p.name for p in cache.iterdir()) == ["attribute.json", "both.json"]
+    # A second seed is a second file, and its stamps are not the first seed's.
+    again = subprocess.run(
+        [sys.executable, str(script), "--model", str(tiny_model_dir), "--folds", "2",
+         "--max-steps", "2", "--seed", "1", "--recipe", "attribute=width=8",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "FAIRSTAMP_DATA": str(SHARED_DATA)})
+    assert again.returncode == 0, again.stderr[-2000:]
+    seeded = json.loads(tables[0].with_name(tables[0].stem + "-seed1.json").read_text())
+    assert (seeded["attribute"]["seed"], rows["attribute"]["seed"]) == (1, 0)
+    assert seeded["attribute"]["fit"] == rows["attribute"]["fit"]
+    assert seeded["attribute"]["cross_validation"]["after"] != rows["attribute"][
+        "cross_validation"]["after"]
+    # A recipe cannot set the seed (FAST takes the run's): refused before any model work.
+    refused = subprocess.run(
+        [sys.executable, str(script), "--model", str(tmp_path / "no-model"),
+         "--recipe", "s1=seed=1", "--out", str(tmp_path / "refused")],
+        capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--recipe s1: seed is the run's; use --seed" in \
+        refused.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.slow
