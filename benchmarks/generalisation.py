@@ -157,9 +157,11 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(logging.INFO, show_library_progress=False)
     recipes = dict(parse_recipe(r) for r in (args.recipe or ["attribute=", "both=pairs=both"]))
-    for name, options in recipes.items():
-        if "seed" in options:  # FAST takes the run's seed (methods/fast.py): it would be ignored
-            parser.error(f"--recipe {name}: seed is the run's; use --seed")
+    for name, options in recipes.items():  # a bad knob (or seed=, the run's) fails before work
+        try:
+            get_method("fast", **{k: v for k, v in options.items() if k != "layer"})
+        except FairstampError as error:
+            parser.error(f"--recipe {name}: {error}")
     # A folder or hub id names the file by its last part ("EleutherAI/pythia-160m" → pythia-160m).
     slug = (f"{Path(args.model).name}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
             + (f"-seed{args.seed}" if args.seed else ""))

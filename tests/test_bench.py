@@ -154,6 +154,10 @@ def test_bench_command_prints_the_table_and_writes_results(tiny_model_dir, tmp_p
     assert main([*args[:-2], "--option", "test_scale.nope=1", "--out", str(tmp_path / "b2")]) == 2
     assert "test_scale has no option 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "b2").exists()
+    assert main([*args[:-2], "--option", "fast.seed=1", "--out", str(tmp_path / "b3")]) == 2
+    assert "fast.seed: the seed is the run's, shared by every method; use --seed" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "b3").exists()
 
 
 def test_bench_with_folds_adds_the_cross_validated_column(tiny_model_dir, tmp_path):

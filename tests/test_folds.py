@@ -180,7 +180,7 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
         [sys.executable, str(script), "--model", str(tmp_path / "no-model"),
          "--recipe", "s1=seed=1", "--out", str(tmp_path / "refused")],
         capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and "--recipe s1: seed is the run's; use --seed" in \
+    assert refused.returncode == 2 and "--recipe s1: fast.seed: the seed is the run's" in \
         refused.stderr
     assert not (tmp_path / "refused").exists()
 

@@ -263,6 +263,9 @@ def _with_overrides(config: Any, overrides: dict[str, Any], method: str) -> Any:
         if key not in known:
             raise FairstampError(f"{method} has no option {key!r}; its options: "
                                  f"{', '.join(known)}")
+        if key == "seed":  # every method's fit takes the run's seed, so this would be ignored
+            raise FairstampError(f"{method}.seed: the seed is the run's, shared by every "
+                                 f"method; use --seed")
         values[key] = _coerce(value, values[key], f"{method}.{key}")
     return type(config)(**values)
 

@@ -96,17 +96,16 @@ def known_changes(metrics: Mapping[str, Any]) -> list[str]:
     changed = ((metrics.get("general") or {}).get("known_1000") or {}).get("changed")
     if not changed:
         return []
-    lost = sum(c["right_before"] and not c["right_after"] for c in changed)
-    gained = sum(c["right_after"] and not c["right_before"] for c in changed)
+    flags = [("lost" if c["right_before"] and not c["right_after"] else
+              "gained" if c["right_after"] and not c["right_before"] else "") for c in changed]
+    lost, gained = flags.count("lost"), flags.count("gained")
     lines = ["## known_1000 facts whose top-1 changed", "",
              f"{len(changed)} fact(s) changed their top-1 next token: {lost} right answer(s) "
              f"lost, {gained} gained, {len(changed) - lost - gained} from one wrong answer to "
              "another.", "",
              "| known_id | prompt | answer | top-1 before | top-1 after | lost / gained |",
              "|---|---|---|---|---|---|"]
-    for c in changed:
-        flag = ("lost" if c["right_before"] and not c["right_after"] else
-                "gained" if c["right_after"] and not c["right_before"] else "")
+    for c, flag in zip(changed, flags, strict=True):
         lines.append(f"| {c['known_id']} | {_cell(c['prompt'])} | {_cell(c['answer'])} | "
                      f"`{_cell(repr(c['before']))}` | `{_cell(repr(c['after']))}` | {flag} |")
     return [*lines, ""]
