@@ -191,7 +191,7 @@ def main() -> None:
                                                          items=items),
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
             finished=store.get, on_fold=store.put)
-        rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(),
+        rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(config.seed),
                       "layer": layers[name], "seed": config.seed,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}

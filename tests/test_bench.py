@@ -68,6 +68,11 @@ def test_registry_lists_builtin_methods_and_rejects_unknown_ones():
     fast = get_method("fast", width="16", keep_best="false")
     assert (fast.config.width, fast.config.keep_best) == (16, False)
     assert get_method("rome", max_items="60").config.max_items == 60
+    for name in ("fast", "cda", "ft"):  # their fit takes the run's seed: an option would be ignored
+        with pytest.raises(FairstampError, match=rf"{name}\.seed: the seed is the run's.*--seed"):
+            get_method(name, seed="1")
+        assert get_method(name).config_dict(7)["seed"] == 7  # the record says the run's seed
+    assert get_method("test_scale").config_dict(7) == {"factor": 0.5, "fail": False}
     assert get_method("rome", max_items="none").config.max_items is None
     assert get_method("cda", modules="mlp_out,self_attn.o_proj").config.modules == (
         "mlp_out", "self_attn.o_proj")

@@ -221,7 +221,7 @@ def run_one(out: Path, name: str, config: BenchConfig, *, progress: bool | None 
     if name != ORIGINAL:
         reference = json.loads((method_folder(out, ORIGINAL) / "predictions.json").read_text())
         method = get_method(name, **config.options.get(name, {}))
-        result["config"] = method.config_dict()
+        result["config"] = method.config_dict(config.seed)
         clock = time.perf_counter()
         edit = method.fit(context)
         result["fit_seconds"] = round(time.perf_counter() - clock, 2)

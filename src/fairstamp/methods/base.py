@@ -23,7 +23,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -252,8 +252,16 @@ class Method(ABC):
     def fit(self, context: EditContext) -> Edit:
         """Edit `context.loaded` (in place or by attaching) and return the edit."""
 
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
+    def seeded_config(self, seed: int) -> Any:
+        """The config a fit uses in a run with seed `seed`: a config's own `seed` (FAST, CDA,
+        FT-L) is always the run's, which is why it is refused as an option."""
+        if "seed" not in {f.name for f in fields(self.config)}:
+            return self.config
+        return replace(self.config, seed=seed)
+
+    def config_dict(self, seed: int | None = None) -> dict[str, Any]:
+        """The config as a record; with `seed`, as a fit in a run with that seed uses it."""
+        return asdict(self.config if seed is None else self.seeded_config(seed))
 
 
 def _with_overrides(config: Any, overrides: dict[str, Any], method: str) -> Any:

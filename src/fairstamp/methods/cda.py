@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ class CdaMethod(Method):
                    "fine-tuning (LoRA on every MLP output projection, merged)")
 
     def fit(self, context: EditContext) -> Edit:
-        config = replace(self.config, seed=context.seed)
+        config = self.seeded_config(context.seed)
         if context.data_root is None:
             raise FairstampError("CDA needs the public data folder (WikiText-2 valid and "
                                  "bias-bench's attribute words): pass data_root / --data-dir")

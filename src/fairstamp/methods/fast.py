@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,6 @@ class FastMethod(Method):
                            generic_sentences=context.generic_sentences,
                            generic_passages=context.generic_passages,
                            group_swap=context.group_swap,
-                           config=replace(self.config, seed=context.seed),
+                           config=self.seeded_config(context.seed),
                            progress=context.progress)
         return StampEdit(result.stamp, result.summary())

@@ -15,7 +15,7 @@ and GPT-2's `Conv1D` ([in, out]) weights.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ class FineTuneMethod(Method):
                    "kept within W0 ± norm_constraint")
 
     def fit(self, context: EditContext) -> Edit:
-        config = replace(self.config, seed=context.seed)
+        config = self.seeded_config(context.seed)
         loaded, layer = context.loaded, context.layer
         model, arch = loaded.model, loaded.arch
         check_layer(layer, arch.num_layers(model), loaded.name)
