@@ -157,9 +157,11 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(logging.INFO, show_library_progress=False)
     recipes = dict(parse_recipe(r) for r in (args.recipe or ["attribute=", "both=pairs=both"]))
+    recipes = {name: {"max_steps": args.max_steps, **options} for name, options in recipes.items()}
+    methods = {}
     for name, options in recipes.items():  # a bad knob (or seed=, the run's) fails before work
         try:
-            get_method("fast", **{k: v for k, v in options.items() if k != "layer"})
+            methods[name] = get_method("fast", **{k: v for k, v in options.items() if k != "layer"})
         except FairstampError as error:
             parser.error(f"--recipe {name}: {error}")
     # A folder or hub id names the file by its last part ("EleutherAI/pythia-160m" → pythia-160m).
@@ -180,10 +182,8 @@ def main() -> None:
         if path.is_file():
             rows[name] = json.loads(path.read_text())
             continue
-        options = {"max_steps": args.max_steps, **options}
-        fit_options = {k: v for k, v in options.items() if k != "layer"}
         clock = time.perf_counter()
-        method = get_method("fast", **fit_options)
+        method = methods[name]
         store = FoldStore(cache / f"{name}.folds", options)
         cv = cross_validate(
             loaded, setup.items,
