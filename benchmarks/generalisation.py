@@ -12,7 +12,7 @@ of an unfinished one (kept beside it until the recipe ends), so an interrupted r
 
 Usage: python benchmarks/generalisation.py [--model smollm2-135m] [--bias-types gender]
            [--folds 5] [--seed 0] [--recipe NAME=KEY=VALUE,KEY=VALUE ...]
-           [--out benchmarks/results]
+           [--monitor] [--out benchmarks/results]
 Writes benchmarks/results/generalisation-<model>-<bias types>-cv<K>[-seed<N>].{json,md,png}
 (the png: each recipe's held-out SS against the LMS it cost).
 """
@@ -153,6 +153,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", action="append", default=None,
                         help="NAME=KEY=VALUE,... (FitConfig overrides); repeatable")
+    parser.add_argument("--monitor", action="store_true",
+                        help="score each fold's held-out items at every training check and "
+                             "record their SS in the fold's `checks` (a learning curve on "
+                             "unseen targets; nothing reads it to choose)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     setup_logging(logging.INFO, show_library_progress=False)
@@ -190,7 +194,7 @@ def main() -> None:
             lambda items, at=layers[name]: setup.context(loaded, at, seed=config.seed,
                                                          items=items),
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
-            finished=store.get, on_fold=store.put)
+            finished=store.get, on_fold=store.put, monitor=args.monitor)
         rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(config.seed),
                       "layer": layers[name], "seed": config.seed,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,

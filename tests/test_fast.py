@@ -40,14 +40,14 @@ def tiny(tokenizer, arch: str = "llama") -> LoadedModel:
                        name=f"tiny-{arch}", source="local", path="-")
 
 
-def fit(tokenizer, items, arch="llama", **overrides):
+def fit(tokenizer, items, arch="llama", monitor=(), **overrides):
     loaded = tiny(tokenizer, arch)
     config = FitConfig(**{"width": 16, "max_steps": 6, "check_every": 3, "batch_pairs": 8,
                           "batch_kl": 4, "framings": 1, "lr": 1e-2, "min_steps": 100,
                           **overrides})
     result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
                        generic_sentences=generic_sentences(GENERIC, 6), config=config,
-                       progress=False)
+                       monitor=monitor, progress=False)
     return loaded, result
 
 
@@ -140,6 +140,30 @@ def test_a_validation_slice_of_targets_chooses_the_kept_check(tiny_tokenizer):
         assert torch.equal(a, b)
     with pytest.raises(FairstampError, match="validation_fraction"):
         FitConfig(validation_fraction=1.0)
+
+
+def test_monitored_items_are_scored_at_every_check_and_change_nothing(tiny_tokenizer):
+    from fairstamp.training.loop import validation_split
+
+    trained, watched = validation_split(load_stereoset(bias_types=["gender"], limit=40), 0.3)
+    settings = {"max_steps": 12, "check_every": 2, "lr": 0.2}
+    _, plain = fit(tiny_tokenizer, trained, **settings)
+    loaded, result = fit(tiny_tokenizer, trained, monitor=watched, **settings)
+    # The same training, checks and kept step, bit for bit: the monitor is only recorded.
+    assert [(h["step"], h["ss"], h["bias_loss_all"]) for h in result.history] == [
+        (h["step"], h["ss"], h["bias_loss_all"]) for h in plain.history]
+    assert result.best_step == plain.best_step
+    for a, b in zip(result.stamp.module.state_dict().values(),
+                    plain.stamp.module.state_dict().values()):
+        assert torch.equal(a, b)
+    checks = result.summary()["checks"]
+    assert [c["step"] for c in checks] == [2, 4, 6, 8, 10, 12]
+    assert all(set(c) == {"step", "ss", "bias_loss_all", "monitor_ss", "monitor_bias_loss"}
+               for c in checks)
+    assert len({c["monitor_bias_loss"] for c in checks}) > 1  # it moves with training
+    kept = next(c for c in checks if c["step"] == result.best_step)
+    assert mean_abs_gap(loaded, watched) == pytest.approx(kept["monitor_bias_loss"], abs=1e-5)
+    assert "monitor_ss" not in plain.summary()["checks"][0]
 
 
 def test_l_m_keeps_the_pairs_mean_score(tiny_tokenizer, items):

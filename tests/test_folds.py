@@ -68,6 +68,34 @@ def test_cross_validation_restores_the_model_and_pools_every_item(tiny_tokenizer
     assert change["ci_low"] <= change["value"] <= change["ci_high"]
 
 
+def test_a_monitored_cross_validation_records_each_folds_held_out_curve(tiny_tokenizer):
+    items = load_stereoset(bias_types=["gender"], limit=60)
+    loaded = tiny(tiny_tokenizer)
+    fit = get_method("ft", **FT_QUICK).fit
+    plain = cross_validate(loaded, items, lambda edit: context(loaded, edit), fit, folds=2,
+                           n_resamples=10)
+    seen = []
+
+    def watched(ctx):
+        seen.append(ctx.monitor_items)
+        return fit(ctx)
+
+    cv = cross_validate(loaded, items, lambda edit: context(loaded, edit), watched, folds=2,
+                        n_resamples=10, monitor=True)
+    assert cv["after"] == plain["after"]  # recording changes no number
+    for record, monitored in zip(cv["per_fold"], seen):
+        assert sorted({f"gender:{i.target}" for i in monitored}) == record["held_out_targets"]
+        checks = record["edit"]["checks"]
+        assert [c["step"] for c in checks] == [4, 8, 12]
+        kept = next(c for c in checks if c["step"] == record["edit"]["kept_step"])
+        # The kept check's monitored SS is the fold's held-out SS, scored as eval scores it.
+        assert kept["monitor_ss"] == pytest.approx(record["held_out_ss"])
+    assert all("monitor_ss" not in c for r in plain["per_fold"] for c in r["edit"]["checks"])
+    # Each fold records the original model's SS on its held-out items, which pool to "before".
+    assert sum(r["held_out_ss_before"] * r["n_held_out"] for r in cv["per_fold"]) / len(
+        items) == pytest.approx(cv["before"]["ss"]["overall"]["value"])
+
+
 def test_a_resumed_cross_validation_reuses_finished_folds_and_gives_the_same_numbers(
         tiny_tokenizer):
     items = load_stereoset(bias_types=["gender"], limit=60)
@@ -129,6 +157,13 @@ def test_debias_with_folds_reports_cross_validated_held_out_ss(tiny_model_dir, t
     assert "## Cross-validation by target (2 folds)" in report
     assert (out / "plots" / "cross_validated_ss.png").is_file()
     assert "cross_validation" in metrics["timing"]
+    # Each fold's held-out items are scored at every check: a learning curve per fold, plotted.
+    for record in cv["per_fold"]:
+        kept = next(c for c in record["edit"]["checks"] if c["step"] == record["edit"]["kept_step"])
+        assert kept["monitor_ss"] == pytest.approx(record["held_out_ss"])
+        assert f"| {record['held_out_ss']:.1f} | {record['edit']['kept_step']} |" in report
+    assert (out / "plots" / "cross_validated_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "plots/cross_validated_curves.png" in report
 
 
 def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path):
@@ -165,7 +200,7 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     # A second seed is a second file, and its stamps are not the first seed's.
     again = subprocess.run(
         [sys.executable, str(script), "--model", str(tiny_model_dir), "--folds", "2",
-         "--max-steps", "2", "--seed", "1", "--recipe", "attribute=width=8",
+         "--max-steps", "2", "--seed", "1", "--recipe", "attribute=width=8", "--monitor",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "FAIRSTAMP_DATA": str(SHARED_DATA)})
@@ -177,6 +212,22 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     assert seeded["attribute"]["fit"] == rows["attribute"]["fit"]
     assert seeded["attribute"]["cross_validation"]["after"] != rows["attribute"][
         "cross_validation"]["after"]
+    # --monitor records each fold's held-out curve, which kept_check.py reads: the rule the run
+    # kept by gives back its pooled held-out SS; an unmonitored run is refused.
+    kept = subprocess.run(
+        [sys.executable, str(script.with_name("kept_check.py")),
+         str(tables[0].with_name(tables[0].stem + "-seed1.json")), "--recipe", "attribute",
+         "--out", str(tmp_path / "kept")], capture_output=True, text=True, timeout=600)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    rules = json.loads((tmp_path / "kept.json").read_text())["rules"]
+    assert rules["as_run"]["mean_ss"] == pytest.approx(
+        seeded["attribute"]["cross_validation"]["after"]["ss"]["overall"]["value"])
+    assert "| as_run |" in (tmp_path / "kept.md").read_text()
+    unmonitored = subprocess.run(
+        [sys.executable, str(script.with_name("kept_check.py")),
+         str(tables[0].with_suffix(".json")), "--recipe", "attribute", "--out",
+         str(tmp_path / "unmonitored")], capture_output=True, text=True, timeout=600)
+    assert unmonitored.returncode != 0 and "no monitored checks" in unmonitored.stderr
     # A recipe cannot set the seed (FAST takes the run's): refused before any model work.
     refused = subprocess.run(
         [sys.executable, str(script), "--model", str(tmp_path / "no-model"),

@@ -53,13 +53,15 @@ def fit_stamp(
     text: Any = None,
     group_swap: AttributeSwap | None = None,
     config: FitConfig | None = None,
+    monitor: Sequence[BiasItem] = (),
     progress: bool | None = None,
 ) -> FitResult:
     """Train one stamp at `layer` on `items` (batch editing); it stays attached to the model.
 
     The KL terms read `retention_sentences` (L_s1), `generic_sentences` and `generic_passages`
     (L_s2), or all three from `text` (a `fairstamp.data.training_text.TrainingText`, which also
-    brings `group_swap`, the group words of subject-swap pairs).
+    brings `group_swap`, the group words of subject-swap pairs). `monitor` items are scored at
+    every check and only recorded (`train_at_layer`).
 
     Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
     must preserve: that is sequential editing by stacking.
@@ -90,7 +92,8 @@ def fit_stamp(
 
     run = train_at_layer(loaded, items, layer, make, retention_sentences=retention_sentences,
                          generic_sentences=generic_sentences, generic_passages=generic_passages,
-                         config=config, group_swap=group_swap, progress=progress)
+                         config=config, group_swap=group_swap, monitor=monitor,
+                         progress=progress)
     stamp = holder["stamp"]
     stamp.module.eval()
     result = FitResult(stamp=stamp, **{f.name: getattr(run, f.name) for f in fields(TrainRun)})

@@ -58,6 +58,9 @@ class EditContext:
     seed: int = 0
     progress: bool | None = None
     group_swap: Any = None  # data.counterfactual.AttributeSwap: the subject-swap pairs' words
+    # items scored at every training check and only recorded (cross-validation's held-out
+    # targets, `runs.folds.cross_validate(monitor=True)`); no method trains on or chooses by them
+    monitor_items: list[BiasItem] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:

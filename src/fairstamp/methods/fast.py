@@ -54,7 +54,7 @@ class FastMethod(Method):
                            retention_sentences=context.retention_sentences,
                            generic_sentences=context.generic_sentences,
                            generic_passages=context.generic_passages,
-                           group_swap=context.group_swap,
+                           group_swap=context.group_swap, monitor=context.monitor_items,
                            config=self.seeded_config(context.seed),
                            progress=context.progress)
         return StampEdit(result.stamp, result.summary())

@@ -83,7 +83,8 @@ class FineTuneMethod(Method):
                              retention_sentences=context.retention_sentences,
                              generic_sentences=context.generic_sentences,
                              generic_passages=context.generic_passages, config=config,
-                             group_swap=context.group_swap, progress=context.progress)
+                             group_swap=context.group_swap, monitor=context.monitor_items,
+                             progress=context.progress)
         with torch.no_grad():
             delta = (weight.detach() - w0).abs().max().item()
         info: dict[str, Any] = {"layer": layer, "parameter": name, **asdict(config),

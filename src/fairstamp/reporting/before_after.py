@@ -147,6 +147,11 @@ def before_after_plots(metrics: Mapping[str, Any], folder: Path,
                           ylabel="%", ideal=50.0)
         out["SS on held-out targets (cross-validated), before and after"] = \
             "plots/cross_validated_ss.png"
+        if P.held_out_curves(cv["per_fold"], folder / "cross_validated_curves.png",
+                             title=f"Held-out SS while each fold's stamp trains — {name}",
+                             before=cv["before"]["ss"]["overall"]["value"]):
+            out["SS on held-out targets at every training check (cross-validated)"] = \
+                "plots/cross_validated_curves.png"
     history = metrics.get("history") or []
     if history:
         P.training_curve(history, folder / "training.png",
@@ -207,9 +212,10 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
                   "|---|---|---|---|---|---|"]
         lines += [f"| {' | '.join(row)} |" for row in cross_validation_rows(cv)]
         lines += ["", "| fold | held-out targets | items edited | items held out | held-out SS "
-                  "| fit s |", "|---|---|---|---|---|---|"]
+                  "| kept step | fit s |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['fold']} | {', '.join(r['held_out_targets'])} | {r['n_edit']} | "
-                  f"{r['n_held_out']} | {r['held_out_ss']:.1f} | {r['fit_seconds']:.0f} |"
+                  f"{r['n_held_out']} | {r['held_out_ss']:.1f} | "
+                  f"{r['edit'].get('kept_step', '–')} | {r['fit_seconds']:.0f} |"
                   for r in cv["per_fold"]]
     if plots:
         lines += ["", "## Plots", ""]

@@ -212,6 +212,45 @@ def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title:
     return _save(fig, path)
 
 
+def held_out_curves(per_fold: Sequence[Mapping[str, Any]], path: Path, *, title: str,
+                    before: float | None = None) -> Path | None:
+    """Cross-validation's learning curves: each fold's held-out SS at every training check (its
+    `edit.checks`, monitored; step 0: the original model, where the fold records it), the check
+    it kept marked, and the curve pooled over the folds' items at the steps every fold checked
+    (step 0: `before`, the pooled SS of the original model). None when no fold was monitored."""
+    folds = [f for f in per_fold if any("monitor_ss" in c for c in f["edit"].get("checks", ()))]
+    if not folds:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    curves = []
+    for f in folds:
+        curve = {c["step"]: c["monitor_ss"] for c in f["edit"]["checks"] if "monitor_ss" in c}
+        if f.get("held_out_ss_before") is not None:
+            curve = {0: f["held_out_ss_before"], **curve}
+        curves.append(curve)
+        line, = ax.plot(list(curve), list(curve.values()), linewidth=1, alpha=0.7,
+                        label=f"fold {f['fold'] + 1}: {', '.join(f['held_out_targets'])}")
+        kept = f["edit"].get("kept_step")
+        if kept in curve:
+            ax.scatter([kept], [curve[kept]], color=line.get_color(), zorder=3)
+    steps = sorted(set.intersection(*(set(c) - {0} for c in curves)))
+    if steps:
+        total = sum(f["n_held_out"] for f in folds)
+        pooled = [sum(c[s] * f["n_held_out"] for c, f in zip(curves, folds)) / total
+                  for s in steps]
+        if before is not None:
+            steps, pooled = [0, *steps], [before, *pooled]
+        ax.plot(steps, pooled, color="black", linewidth=2.2, label="pooled over the folds")
+    ax.axhline(50, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("training step (0: the original model; dots: the check each fold kept)")
+    ax.set_ylabel("held-out SS (%)")
+    ax.legend(fontsize=6, loc="best")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def tradeoff(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path | None:
     """One point per method (`fairstamp bench` rows): |SS − 50| of the edited items against RS
     on unseen retention items and against LMS."""

@@ -182,7 +182,7 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
                                             items=items),
                 FastMethod(config.fit).fit, folds=config.folds, seed=config.seed,
                 n_resamples=config.n_resamples, max_batch_tokens=max_batch_tokens,
-                progress=progress)
+                progress=progress, monitor=True)
         finally:
             fit.stamp.attach_to(loaded)
         seconds["cross_validation"] = time.perf_counter() - clock

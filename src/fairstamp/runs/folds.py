@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fairstamp.data.items import BiasItem
@@ -71,6 +71,7 @@ def cross_validate(
     progress: bool | None = None,
     finished: Callable[[int], FoldResult | None] | None = None,
     on_fold: Callable[[int, FoldResult], None] | None = None,
+    monitor: bool = False,
 ) -> dict[str, Any]:
     """Fit `fit` K times (each fold's targets held out) on the model in `loaded`, which is left
     as it was; returns the pooled held-out SS/LMS before and after, and each fold's record.
@@ -79,7 +80,10 @@ def cross_validate(
     Resuming: `on_fold(fold, result)` is called as each fold finishes (its record and held-out
     sentence scores), and `finished(fold)` may return such a result from an earlier run, which is
     then used instead of fitting (the fold's held-out targets must match). Every fold seeds
-    itself, so a resumed run gives the numbers of an uninterrupted one."""
+    itself, so a resumed run gives the numbers of an uninterrupted one. With `monitor` each
+    fold's held-out items go to the method as `EditContext.monitor_items`: a method trained by
+    the shared loop scores them at every check and records their SS in its summary's `checks`
+    (a learning curve on unseen targets; nothing reads it to choose)."""
     items = list(items)
     fold_of = target_folds(items, folds, seed=seed)
     needed = sentences_to_score(items, paraphrases=False)
@@ -107,7 +111,10 @@ def cross_validate(
                  folds, len(edit_items), len(held), ", ".join(held_targets))
         clock = time.perf_counter()
         seed_everything(seed)
-        edit = fit(make_context(edit_items))
+        context = make_context(edit_items)
+        if monitor:
+            context = replace(context, monitor_items=held)
+        edit = fit(context)
         try:
             fit_seconds = time.perf_counter() - clock
             sentences = sentences_to_score(held, paraphrases=False)
@@ -119,12 +126,13 @@ def cross_validate(
         finally:
             edit.restore(loaded)
         fold_ss = stereotype_score(held, after, n_resamples=0, seed=seed).overall.value
+        fold_before = stereotype_score(held, before, n_resamples=0, seed=seed).overall.value
         log.info("CV fold %d/%d: held-out SS %.1f (before %.1f) on %d items", fold + 1, folds,
-                 fold_ss, stereotype_score(held, before, n_resamples=0, seed=seed).overall.value,
-                 len(held))
+                 fold_ss, fold_before, len(held))
         record = {"fold": fold, "held_out_targets": held_targets, "n_edit": len(edit_items),
                   "n_held_out": len(held), "fit_seconds": round(fit_seconds, 2),
-                  "held_out_ss": fold_ss, "edit": edit.summary()}
+                  "held_out_ss": fold_ss, "held_out_ss_before": fold_before,
+                  "edit": edit.summary()}
         records.append(record)
         if on_fold is not None:
             on_fold(fold, FoldResult(record, fold_scores))

@@ -236,6 +236,11 @@ class LoopSettings:
         return asdict(self)
 
 
+#: What `TrainRun.summary` keeps of each check: the SS and mean |gap| of every set it scored.
+_CHECK_KEYS = ("step", "ss", "bias_loss_all", "validation_ss", "validation_bias_loss",
+               "monitor_ss", "monitor_bias_loss")
+
+
 @dataclass
 class TrainRun:
     """How one run of the training loop went."""
@@ -264,7 +269,9 @@ class TrainRun:
                 "check_seconds": round(self.check_seconds, 2),
                 **({"validation_targets": self.validation_targets,
                     "validation_items": self.validation_items} if self.validation_items else {}),
-                "final": kept}
+                "final": kept,
+                "checks": [{k: v for k, v in h.items() if k in _CHECK_KEYS}
+                           for h in self.history]}
 
 
 @dataclass
@@ -321,6 +328,7 @@ def train_at_layer(
     generic_passages: Sequence[str] = (),
     config: LoopSettings,
     group_swap: AttributeSwap | None = None,
+    monitor: Sequence[BiasItem] = (),
     progress: bool | None = None,
 ) -> TrainRun:
     """The one training loop of L = L_e + α·L_s1 + β·L_s2 + γ·L_m for an edit at `layer` (FAST's
@@ -332,7 +340,9 @@ def train_at_layer(
     layers below `layer` must not depend on the parameters (their output is cached). On success
     the parameters hold the kept step's values and their `requires_grad` flags are as before; on
     any error `undo` runs first. `group_swap` makes the subject-swap pairs of `config.pairs`
-    "subject" and "both" (data/counterfactual.py).
+    "subject" and "both" (data/counterfactual.py). `monitor` items (cross-validation's held-out
+    targets) are scored at every check and recorded in the history (`monitor_ss`,
+    `monitor_bias_loss`): never trained on, and never read by any choice the loop makes.
     """
     if not items:
         raise FairstampError("no bias items to edit")
@@ -357,7 +367,9 @@ def train_at_layer(
     pair_ids = [(scorer.encode(s), scorer.encode(a)) for s, a, _ in pairs]
     n_plain = len(items)  # the first len(items) pairs are the items themselves (for SS checks)
     checked_ids = [*(ids for p in pair_ids[:n_plain] for ids in p),
-                   *(scorer.encode(s) for i in validation for s in (i.stereo, i.anti))]
+                   *(scorer.encode(s) for i in [*validation, *monitor]
+                     for s in (i.stereo, i.anti))]
+    n_checked = n_plain + len(validation)  # pairs the checks choose by; then the monitor's
     group_texts = [*retention_sentences, *neutral_sentences(i.target for i in items)]
     for ids in [*(s for p in pair_ids for s in p)]:
         if len(ids) < 2:
@@ -475,9 +487,12 @@ def train_at_layer(
                               "seconds": time.perf_counter() - start}
                     chosen_by = ss, le
                     if validation:
-                        chosen_by = _ss_and_loss(gaps[n_plain:])
+                        chosen_by = _ss_and_loss(gaps[n_plain:n_checked])
                         record.update(validation_ss=chosen_by[0],
                                       validation_bias_loss=chosen_by[1])
+                    if monitor:
+                        record.update(zip(("monitor_ss", "monitor_bias_loss"),
+                                          _ss_and_loss(gaps[n_checked:])))
                     result.history.append(record)
                     gap_history.append(le)
                     key = (max(abs(chosen_by[0] - 50.0) - config.ss_tolerance, 0.0), chosen_by[1])
