@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fairstamp.reporting.plots import held_out_curves
+from fairstamp.training.loop import LoopSettings, kept_check_key, should_stop
 from fairstamp.utils.io import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +49,9 @@ def keep_best(n: int | None = 10, tolerance: float = 1.0, min_steps: int = 20, f
     the mean SS of the last `smooth` checks instead of the check's own. `max_steps`: a run of
     that many steps (with a constant learning rate, the curves' first `max_steps` steps)."""
 
+    # The loop's own key and stopping rule (training/loop.py), with these settings.
+    settings = LoopSettings(ss_tolerance=tolerance, min_steps=min_steps, flat_tolerance=flat)
+
     def rule(checks: Sequence[Check]) -> Check | None:
         if max_steps is not None:
             checks = [c for c in checks if c["step"] <= max_steps]
@@ -59,11 +63,10 @@ def keep_best(n: int | None = 10, tolerance: float = 1.0, min_steps: int = 20, f
             window = seen[max(0, k - smooth + 1):k + 1]
             ss = sum(w["ss"] for w in window) / len(window)
             gaps.append(c["bias_loss_all"])
-            key = (max(abs(ss - 50.0) - tolerance, 0.0), c["bias_loss_all"])
+            key = kept_check_key(ss, c["bias_loss_all"], settings)
             if best is None or key < best[0]:
                 best = (key, c)
-            if (stop and c["step"] >= min_steps and abs(c["ss"] - 50.0) <= tolerance
-                    and len(gaps) >= 2 and gaps[-2] - gaps[-1] <= flat * max(gaps[-2], 1e-12)):
+            if stop and should_stop(c["step"], c["ss"], gaps, settings):
                 break
         return best[1]
 

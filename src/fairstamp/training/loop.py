@@ -495,7 +495,7 @@ def train_at_layer(
                                           _ss_and_loss(gaps[n_checked:])))
                     result.history.append(record)
                     gap_history.append(le)
-                    key = (max(abs(chosen_by[0] - 50.0) - config.ss_tolerance, 0.0), chosen_by[1])
+                    key = kept_check_key(*chosen_by, config)
                     if best is None or key < best[0]:
                         best = (key, step, [p.detach().clone() for p in params])
                     status = (f"SS {ss:.1f}  "
@@ -506,7 +506,7 @@ def train_at_layer(
                     # Without a progress bar (CI, nohup, a log file) each check is a log line.
                     (log.debug if bar else log.info)("step %d/%d: %s", step, config.max_steps,
                                                      status)
-                    if step >= config.min_steps and _should_stop(ss, gap_history, config):
+                    if should_stop(step, ss, gap_history, config):
                         result.stopped = "converged"
                         advance(config.max_steps - step + 1, status=status)
                         break
@@ -578,8 +578,18 @@ def _seen_vocabulary(upper: UpperForward, sets: Sequence[_Sentences], k: int, pa
     return vocab
 
 
-def _should_stop(ss: float, gap_history: list[float], config: LoopSettings) -> bool:
-    if abs(ss - 50.0) > config.ss_tolerance or len(gap_history) < 2:
+def kept_check_key(ss: float, gap: float, config: LoopSettings) -> tuple[float, float]:
+    """Keep-best's order of checks (lowest first): SS's distance from 50 beyond
+    `ss_tolerance`, then the mean |gap|."""
+    return max(abs(ss - 50.0) - config.ss_tolerance, 0.0), gap
+
+
+def should_stop(step: int, ss: float, gap_history: Sequence[float],
+                config: LoopSettings) -> bool:
+    """The early stop after the check at `step`: from `min_steps` on, SS within `ss_tolerance`
+    of 50 and the mean |gap| (`gap_history`, one per check so far) no longer falling by
+    `flat_tolerance`."""
+    if step < config.min_steps or abs(ss - 50.0) > config.ss_tolerance or len(gap_history) < 2:
         return False
     previous, current = gap_history[-2], gap_history[-1]
     return previous - current <= config.flat_tolerance * max(previous, 1e-12)
@@ -929,4 +939,5 @@ def _ss_and_loss(gaps: np.ndarray) -> tuple[float, float]:
 
 
 __all__ = ["COUNTERFACTUAL_TARGETS", "SEEN_VOCAB_ABOVE", "TRAIN_VOCABS", "LoopSettings",
-           "TrainRun", "Trainable", "TrainingDiverged", "train_at_layer", "validation_split"]
+           "TrainRun", "Trainable", "TrainingDiverged", "kept_check_key", "should_stop",
+           "train_at_layer", "validation_split"]
