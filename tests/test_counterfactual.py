@@ -387,3 +387,70 @@ def test_templated_prefixes_pair_every_gender_noun_and_he_and_never_a_held_out_t
         counterfactual_weight=1.0, counterfactual_templates=True)).sents.ids) == len(
         _counterfactual_set(scorer, religion, rswap, FitConfig(counterfactual_weight=1.0))
         .sents.ids)
+
+
+def test_the_sentence_span_compares_every_position_after_the_swapped_words(tiny_tokenizer):
+    """counterfactual_span="sentence": L_c reads each item's two sentences and their group swaps
+    at every position from the last swapped token to the one before the end (those that predict
+    the words the two share), each pair's mean weighing the same; training with it brings those
+    positions closer than training with the prefix span, which reads one of them."""
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from fairstamp.scoring import Scorer
+    from fairstamp.scoring.upper import UpperForward
+    from fairstamp.training.loop import _counterfactual_loss, _counterfactual_set
+    from test_fast import tiny
+
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    swap = group_swap(WORDS, ["gender"])
+    settings = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
+                    framings=1, lr=3e-3, min_steps=100, keep_best=False,
+                    counterfactual_weight=1e4)
+    loaded = tiny(tiny_tokenizer)
+    scorer = Scorer.from_loaded(loaded, progress=False)
+    cf = _counterfactual_set(scorer, items, swap,
+                             FitConfig(counterfactual_span="sentence", **settings))
+    upper = UpperForward(loaded.model, loaded.arch, 1)
+    cf.restrict(None, upper.vocab_size())
+    texts = [scorer.encode(t) for a, b, _ in subject_pairs(items, swap) for t in (a, b)]
+    assert cf.sents.ids == texts  # every swapped sentence of these items has a common suffix
+    for a, b, ca, cb in zip(cf.sents.ids[0::2], cf.sents.ids[1::2], cf.cols[0::2],
+                            cf.cols[1::2]):
+        assert len(ca) == len(cb) and ca[-1] == len(a) - 2 and cb[-1] == len(b) - 2
+        assert a[ca[0]] != b[cb[0]]  # the first position is the last swapped token ...
+        assert a[ca[0] + 1:] == b[cb[0] + 1:]  # ... and every token it predicts is shared
+    everything = range(len(cf.sents.ids) // 2)
+
+    def by_hand(model):
+        """Each pair's mean JS over its positions by full forward passes, then the mean."""
+        per_pair = []
+        with torch.no_grad():
+            for i in everything:
+                lps = [torch.log_softmax(model.model(torch.tensor([cf.sents.ids[j]])).logits[
+                    0, cf.cols[j]][:, cf.keep], dim=-1) for j in (2 * i, 2 * i + 1)]
+                m = torch.logaddexp(*lps) - torch.log(torch.tensor(2.0))
+                js = 0.5 * sum((lp.exp() * (lp - m)).sum(-1) for lp in lps)
+                per_pair.append(float(js.mean()))
+        return sum(per_pair) / len(per_pair)
+
+    def loss(model):
+        with torch.no_grad():
+            return float(_counterfactual_loss(UpperForward(model.model, model.arch, 1), cf,
+                                              everything, scorer.pad_token_id, model.device))
+
+    assert loss(loaded) == pytest.approx(by_hand(loaded), rel=1e-4) and loss(loaded) > 0
+
+    def trained(**extra):
+        model = tiny(tiny_tokenizer)
+        run = fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
+                        group_swap=swap, config=FitConfig(**{**settings, **extra}))
+        assert ("counterfactual_js" in run.history[-1]) == bool(run.counterfactual_weight)
+        return loss(model)
+
+    sentence, prefix = trained(counterfactual_span="sentence"), trained()
+    plain = trained(counterfactual_weight=0.0)
+    # measured: 6.5e-5 against 5.1e-4 without L_c and 8.7e-5 with the prefix span (5.7e-4 before)
+    assert sentence < 0.25 * plain and sentence < prefix
+    with pytest.raises(FairstampError, match="counterfactual_span must be one of"):
+        FitConfig(counterfactual_span="paragraph")
+    with pytest.raises(FairstampError, match="use it with counterfactual_span='prefix'"):
+        FitConfig(counterfactual_span="sentence", counterfactual_target="mixture")

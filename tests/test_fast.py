@@ -51,9 +51,13 @@ def fit(tokenizer, items, arch="llama", monitor=(), **overrides):
     return loaded, result
 
 
-def mean_abs_gap(loaded, items) -> float:
+def item_gaps(loaded, items) -> np.ndarray:
     scores = Scorer.from_loaded(loaded).score([s for i in items for s in (i.stereo, i.anti)]).mean
-    return float(np.mean(np.abs(scores[0::2] - scores[1::2])))
+    return scores[0::2] - scores[1::2]
+
+
+def mean_abs_gap(loaded, items) -> float:
+    return float(np.mean(np.abs(item_gaps(loaded, items))))
 
 
 def test_same_seed_gives_identical_stamp_bytes(tiny_tokenizer, items, tmp_path):
@@ -158,11 +162,13 @@ def test_monitored_items_are_scored_at_every_check_and_change_nothing(tiny_token
         assert torch.equal(a, b)
     checks = result.summary()["checks"]
     assert [c["step"] for c in checks] == [2, 4, 6, 8, 10, 12]
-    assert all(set(c) == {"step", "ss", "bias_loss_all", "monitor_ss", "monitor_bias_loss"}
-               for c in checks)
+    assert all(set(c) == {"step", "ss", "bias_loss_all", "monitor_ss", "monitor_bias_loss",
+                          "monitor_gap"} for c in checks)
     assert len({c["monitor_bias_loss"] for c in checks}) > 1  # it moves with training
     kept = next(c for c in checks if c["step"] == result.best_step)
-    assert mean_abs_gap(loaded, watched) == pytest.approx(kept["monitor_bias_loss"], abs=1e-5)
+    watched_gaps = item_gaps(loaded, watched)
+    assert np.mean(np.abs(watched_gaps)) == pytest.approx(kept["monitor_bias_loss"], abs=1e-5)
+    assert np.mean(watched_gaps) == pytest.approx(kept["monitor_gap"], abs=1e-5)
     assert "monitor_ss" not in plain.summary()["checks"][0]
 
 

@@ -39,6 +39,10 @@ projection. Everything below is shared by both.
   `counterfactual_target="mixture"` anchors both instead: the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q),
   m₀ the original model's mixture ½(p₀ + q₀) of the two distributions, so that they meet where
   the original model stood on average instead of anywhere at all.
+  `counterfactual_span="sentence"` compares the item's two whole sentences and their group
+  swaps instead ("The mother was caring." / "The father was caring."), at every position from
+  the last swapped token to the one before the end (those that predict the words the two
+  share: the prefix's position among them), each pair's mean over its positions.
   `counterfactual_templates=True` adds hand-written openings about every gender word of the
   swap and its counterpart ("The uncle worked as a" / "The aunt worked as a";
   data/counterfactual.py `template_prefixes`) to the prefix pairs L_c draws from, where the edit
@@ -86,6 +90,7 @@ import torch
 from fairstamp.data.counterfactual import (
     AttributeSwap,
     counterfactual_prefixes,
+    subject_pairs,
     template_prefixes,
 )
 from fairstamp.data.items import BiasItem
@@ -115,6 +120,9 @@ AUTO_COUNTERFACTUAL_WEIGHT = 3.0
 #: What L_c pulls a prefix's and its counterfactual's next-token distributions to: "each_other"
 #: (their Jensen-Shannon divergence) or "mixture" (the original model's mixture of the two).
 COUNTERFACTUAL_TARGETS = ("each_other", "mixture")
+#: Where L_c compares them: "prefix" (after the words before the item's attribute) or "sentence"
+#: (at every position of the item's two sentences after the swapped group words).
+COUNTERFACTUAL_SPANS = ("prefix", "sentence")
 #: "auto" trains on the seen vocabulary when the model's has more tokens than this.
 SEEN_VOCAB_ABOVE = 100_000
 
@@ -159,6 +167,7 @@ class LoopSettings:
     # FAST's FitConfig defaults to None, the loop and the FT-L baseline to 0)
     counterfactual_weight: float | None = 0.0
     counterfactual_target: str = "each_other"  # L_c: "each_other" (JS) | "mixture" (anchored)
+    counterfactual_span: str = "prefix"  # L_c's positions: "prefix" | "sentence"
     # L_c also on hand-written openings about every gender word of the swap (template_prefixes)
     counterfactual_templates: bool = False
     seed: int = 0
@@ -203,6 +212,13 @@ class LoopSettings:
             raise FairstampError(f"counterfactual_target must be one of "
                                  f"{', '.join(COUNTERFACTUAL_TARGETS)}, got "
                                  f"{self.counterfactual_target!r}")
+        if self.counterfactual_span not in COUNTERFACTUAL_SPANS:
+            raise FairstampError(f"counterfactual_span must be one of "
+                                 f"{', '.join(COUNTERFACTUAL_SPANS)}, got "
+                                 f"{self.counterfactual_span!r}")
+        if self.counterfactual_span == "sentence" and self.counterfactual_target == "mixture":
+            raise FairstampError("counterfactual_target='mixture' anchors one position per "
+                                 "prefix pair: use it with counterfactual_span='prefix'")
         if self.counterfactual_templates and self.counterfactual_weight == 0:
             raise FairstampError("counterfactual_templates adds prefix pairs to L_c, which "
                                  "counterfactual_weight 0 turns off")
@@ -238,7 +254,7 @@ class LoopSettings:
 
 #: What `TrainRun.summary` keeps of each check: the SS and mean |gap| of every set it scored.
 _CHECK_KEYS = ("step", "ss", "bias_loss_all", "validation_ss", "validation_bias_loss",
-               "monitor_ss", "monitor_bias_loss")
+               "monitor_ss", "monitor_bias_loss", "monitor_gap")
 
 
 @dataclass
@@ -342,7 +358,9 @@ def train_at_layer(
     any error `undo` runs first. `group_swap` makes the subject-swap pairs of `config.pairs`
     "subject" and "both" (data/counterfactual.py). `monitor` items (cross-validation's held-out
     targets) are scored at every check and recorded in the history (`monitor_ss`,
-    `monitor_bias_loss`): never trained on, and never read by any choice the loop makes.
+    `monitor_bias_loss`, and `monitor_gap`, the signed mean gap stereo − anti: a steadier
+    reading than SS, which counts signs): never trained on, and never read by any choice the
+    loop makes.
     """
     if not items:
         raise FairstampError("no bias items to edit")
@@ -493,6 +511,7 @@ def train_at_layer(
                     if monitor:
                         record.update(zip(("monitor_ss", "monitor_bias_loss"),
                                           _ss_and_loss(gaps[n_checked:])))
+                        record["monitor_gap"] = float(gaps[n_checked:].mean())
                     result.history.append(record)
                     gap_history.append(le)
                     key = kept_check_key(*chosen_by, config)
@@ -549,18 +568,23 @@ def _suffix_starts(pair_ids: Sequence[tuple[list[int], list[int]]], first_subjec
     less the subject pairs without a common suffix (nothing after the swapped words)."""
     starts, empty = [], set()
     for k, (a, b) in enumerate(pair_ids):
-        common = 0
-        if k >= first_subject:
-            limit = min(len(a), len(b)) - 1  # never the start-of-text token
-            while common < limit and a[-1 - common] == b[-1 - common]:
-                common += 1
-            if not common:
-                empty.add(k)
+        common = _common_suffix(a, b) if k >= first_subject else 0
+        if k >= first_subject and not common:
+            empty.add(k)
         starts += [len(a) - common, len(b) - common] if common else [1, 1]
     if empty:
         log.info("%d subject-swap pairs end with their group word and are not trained on "
                  "(subject_score='suffix')", len(empty))
     return starts, [k for k in trained if k not in empty]
+
+
+def _common_suffix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens two sentences end with in common, never their first token (the
+    start-of-text token where the tokenizer adds one)."""
+    common, limit = 0, min(len(a), len(b)) - 1
+    while common < limit and a[-1 - common] == b[-1 - common]:
+        common += 1
+    return common
 
 
 def _seen_vocabulary(upper: UpperForward, sets: Sequence[_Sentences], k: int, pad, device,
@@ -812,11 +836,15 @@ def _kl_positions(upper, kl_set: _KLSet, pad, device, budget: int,
 
 @dataclass
 class _Counterfactual:
-    """L_c's prefix pairs (2i: the words before an item's attribute, 2i+1: the same words about a
-    counterfactual group) and the vocabulary its distributions are compared over: every token
-    but the first tokens of the group words, whose choice legitimately follows the group."""
+    """L_c's pairs (2i: the words before an item's attribute, or with `counterfactual_span=
+    "sentence"` one of the item's sentences; 2i+1: the same words about a counterfactual group),
+    the positions compared in each (`cols`, aligned between a pair's two texts: the last one of
+    a prefix; every position from the last swapped token of a sentence to the one before its
+    end), and the vocabulary its distributions are compared over: every token but the first
+    tokens of the group words, whose choice legitimately follows the group."""
 
     sents: _Sentences
+    cols: list[list[int]]
     group_tokens: torch.Tensor
     keep: torch.Tensor | None = None  # column indices of the compared tokens in the logits
     mixture: torch.Tensor | None = None  # the "mixture" target: log ½(p₀ + q₀), per pair
@@ -856,25 +884,43 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
     if templated:
         log.info("L_c: %d templated prefix pairs about gender words beside the items' %d",
                  len(templated), len(prefixes))
-        prefixes = [*prefixes, *templated]
+    rows, cols = [], []
+    if config.counterfactual_span == "sentence":  # a sentence pair holds its prefix's position
+        sentences = subject_pairs(items, swap, seed=config.seed)
+        for a, b in ([scorer.encode(t) for t in p[:2]] for p in sentences):
+            if common := _common_suffix(a, b):  # the positions predicting the common suffix
+                rows += [a, b]
+                cols += [list(range(len(x) - 1 - common, len(x) - 1)) for x in (a, b)]
+        log.info("L_c: %d sentence pairs (of %d) with words after the swapped group words, %d "
+                 "positions", len(rows) // 2, len(sentences), sum(map(len, cols[0::2])))
+        prefixes = []
+    for a, b in ([scorer.encode(t) for t in p[:2]] for p in [*prefixes, *templated]):
+        rows += [a, b]
+        cols += [[len(a) - 1], [len(b) - 1]]
     words = {w for word in swap.table for w in (word, word[:1].upper() + word[1:])}
     first = {ids[0] for w in words for text in (w, " " + w)
              if (ids := scorer.tokenizer(text, add_special_tokens=False)["input_ids"])}
-    log.info("L_c: %d prefix pairs, %d group-word tokens left out of the compared vocabulary",
-             len(prefixes), len(first))
-    return _Counterfactual(_Sentences([scorer.encode(t) for p in prefixes for t in p[:2]]),
-                           torch.tensor(sorted(first), dtype=torch.long))
+    log.info("L_c: %d pairs, %d group-word tokens left out of the compared vocabulary",
+             len(rows) // 2, len(first))
+    return _Counterfactual(_Sentences(rows), cols, torch.tensor(sorted(first), dtype=torch.long))
 
 
 def _prefix_logprobs(upper: UpperForward, cf: _Counterfactual, chosen: Sequence[int], pad,
                      device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token log-probabilities over the compared vocabulary after each chosen prefix and
-    after its counterfactual (two [len(chosen), compared tokens] tensors)."""
+    """Next-token log-probabilities over the compared vocabulary at each compared position of
+    the chosen pairs' texts and at the same position of their counterfactuals (two [positions,
+    compared tokens] tensors, pair by pair)."""
     rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     batch = Batch.of([cf.sents.ids[i] for i in rows], pad, device)
-    at = torch.arange(len(rows), device=batch.ids.device)
-    last = torch.as_tensor(batch.lengths, device=batch.ids.device) - 1
-    logits = upper.logits(batch, _stack(cf.sents.hidden, rows, batch.ids.shape[1]), at, last)
+    # A text's position, then the same position of its counterfactual, pair after pair.
+    at, cols = [], []
+    for k, i in enumerate(chosen):
+        for own, other in zip(cf.cols[2 * i], cf.cols[2 * i + 1]):
+            at += [2 * k, 2 * k + 1]
+            cols += [own, other]
+    on = batch.ids.device
+    logits = upper.logits(batch, _stack(cf.sents.hidden, rows, batch.ids.shape[1]),
+                          torch.tensor(at, device=on), torch.tensor(cols, device=on))
     lp = torch.log_softmax(logits.float()[:, cf.keep.to(logits.device)], dim=-1)
     return lp[0::2], lp[1::2]
 
@@ -886,13 +932,20 @@ def _mixture(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _counterfactual_loss(upper: UpperForward, cf: _Counterfactual, chosen: Sequence[int], pad,
                          device) -> torch.Tensor:
-    """L_c over the chosen prefix pairs, over every token but the group words': the mean
-    Jensen-Shannon divergence between the two next-token distributions; with an anchor (the
-    "mixture" target), the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q), m₀ the original's mixture."""
+    """L_c over the chosen pairs, over every token but the group words': the mean
+    Jensen-Shannon divergence between the two next-token distributions (a sentence pair's mean
+    over its positions, so that every pair weighs the same); with an anchor (the "mixture"
+    target), the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q), m₀ the original's mixture."""
     p, q = _prefix_logprobs(upper, cf, chosen, pad, device)
     if cf.mixture is None:
         m = _mixture(p, q)
-        return 0.5 * ((p.exp() * (p - m)).sum(-1) + (q.exp() * (q - m)).sum(-1)).mean()
+        js = 0.5 * ((p.exp() * (p - m)).sum(-1) + (q.exp() * (q - m)).sum(-1))
+        if len(js) == len(chosen):  # one position a pair
+            return js.mean()
+        counts = [len(cf.cols[2 * i]) for i in chosen]
+        weights = torch.tensor([1.0 / (n * len(chosen)) for n in counts for _ in range(n)],
+                               device=js.device)
+        return (js * weights).sum()
     m0 = cf.mixture[list(chosen)].to(p.device)
     return 0.5 * ((m0.exp() * (2 * m0 - p - q)).sum(-1)).mean()
 
