@@ -37,7 +37,8 @@ def test_run_folder_holds_every_artefact(stereoset_run):
         "lms_vs_ss.png", "per_target_ss.png", "ss_by_bias_type.png"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["config"]["seed"] == 0 and metrics["config"]["limit"] == 60
-    assert {"torch", "transformers", "numpy", "python"} <= set(metrics["versions"])
+    assert {"torch", "transformers", "numpy", "python", "machine"} <= set(metrics["versions"])
+    assert metrics["versions"]["machine"].endswith(" threads")
     assert len(metrics["data"]["stereoset"]["sha256"]) == 64
     assert metrics["data"]["retention"]["n"] == 544
     for section in ("stereoset", "paraphrase", "held_out", "retention"):
