@@ -191,44 +191,68 @@ def test_counterfactual_prefixes_are_the_words_before_the_attribute_about_anothe
     assert counterfactual_prefixes(items[:1], swap.without(["father"])) == []
 
 
-def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_tokenizer):
-    import torch
+#: L_c on the tiny model: its JS is ~1e-4 nats, so δ must be large to weigh against L_e.
+L_C_SETTINGS = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4, framings=1,
+                    lr=3e-3, min_steps=100, keep_best=False, counterfactual_weight=1e4)
 
-    from fairstamp.fast.train import FitConfig, fit_stamp
+
+def l_c_case(tiny_tokenizer, **config):
+    """12 StereoSet gender items, their gender swap, a tiny model, its scorer and L_c's pairs
+    under FitConfig(L_C_SETTINGS + `config`), compared over the whole vocabulary less the group
+    words."""
+    from fairstamp.fast.train import FitConfig
     from fairstamp.scoring import Scorer
     from fairstamp.scoring.upper import UpperForward
-    from fairstamp.training.loop import _counterfactual_loss, _counterfactual_set
+    from fairstamp.training.loop import _counterfactual_set
     from test_fast import tiny
 
     items = load_stereoset(bias_types=["gender"], limit=12)
     swap = group_swap(WORDS, ["gender"])
     loaded = tiny(tiny_tokenizer)
     scorer = Scorer.from_loaded(loaded, progress=False)
-    settings = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
-                    framings=1, lr=3e-3, min_steps=100, keep_best=False)
-    # The tiny model's JS is ~1e-4 nats: δ must be large for L_c to weigh against L_e.
-    config = FitConfig(counterfactual_weight=1e4, **settings)
-    cf = _counterfactual_set(scorer, items, swap, config)
+    cf = _counterfactual_set(scorer, items, swap, FitConfig(**{**L_C_SETTINGS, **config}))
     cf.restrict(None, UpperForward(loaded.model, loaded.arch, 1).vocab_size())
+    return items, swap, loaded, scorer, cf
+
+
+def l_c_trained(tiny_tokenizer, items, swap, **config):
+    """A fresh tiny model with a stamp at layer 1 trained under L_C_SETTINGS + `config`, and
+    how training went."""
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from test_fast import tiny
+
+    model = tiny(tiny_tokenizer)
+    run = fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
+                    group_swap=swap, config=FitConfig(**{**L_C_SETTINGS, **config}))
+    return model, run
+
+
+def l_c_of(model, cf, pad) -> float:
+    """L_c over every pair of `cf` on `model` (the stamp's layer: 1), without gradients."""
+    from fairstamp.scoring.upper import UpperForward
+    from fairstamp.training.loop import _counterfactual_loss
+
+    with torch.no_grad():
+        return float(_counterfactual_loss(UpperForward(model.model, model.arch, 1), cf,
+                                          range(len(cf.sents.ids) // 2), pad, model.device))
+
+
+def test_l_c_brings_the_distributions_after_swapped_prefixes_together(tiny_tokenizer):
+    from fairstamp.fast.train import FitConfig, fit_stamp
+    from test_fast import tiny
+
+    items, swap, loaded, scorer, cf = l_c_case(tiny_tokenizer)
+    pad = scorer.pad_token_id
     # Group-word tokens are left out of the compared distributions.
     he = tiny_tokenizer(" he", add_special_tokens=False)["input_ids"][0]
     assert he in cf.group_tokens.tolist() and he not in cf.keep.tolist()
-    everything = range(len(cf.sents.ids) // 2)
-
-    def js(model):
-        with torch.no_grad():
-            return float(_counterfactual_loss(UpperForward(model.model, model.arch, 1), cf,
-                                              everything, scorer.pad_token_id, model.device))
-
-    before = js(loaded)
+    before = l_c_of(loaded, cf, pad)
     # The same training without L_c, from the same model and seed: L_e alone does not do it.
-    plain = tiny(tiny_tokenizer)
-    fit_stamp(plain, items, 1, retention_sentences=["Christians celebrate Easter."],
-              group_swap=swap, config=FitConfig(counterfactual_weight=0.0, **settings))
-    result = fit_stamp(loaded, items, 1, retention_sentences=["Christians celebrate Easter."],
-                       group_swap=swap, config=config)
+    plain, _ = l_c_trained(tiny_tokenizer, items, swap, counterfactual_weight=0.0)
+    model, result = l_c_trained(tiny_tokenizer, items, swap)
     assert "counterfactual_js" in result.history[-1]
-    assert js(loaded) < 0.25 * min(before, js(plain))  # measured: 6e-6 against 5.6e-5
+    # measured: 6e-6 against 5.6e-5
+    assert l_c_of(model, cf, pad) < 0.25 * min(before, l_c_of(plain, cf, pad))
     with pytest.raises(FairstampError, match="counterfactual_weight > 0 needs the group words"):
         fit_stamp(tiny(tiny_tokenizer), items, 1,
                   config=FitConfig(counterfactual_weight=1.0, max_steps=2))
@@ -240,54 +264,34 @@ def test_the_mixture_target_anchors_both_distributions_to_the_originals_mixture(
     """counterfactual_target="mixture": L_c is ½(KL(m₀‖p) + KL(m₀‖q)) with m₀ the original's
     mixture; it is zero only where both distributions are m₀, and training with it ends nearer
     m₀ than training with the JS target, which lets the pair meet anywhere."""
-    import torch
-
-    from fairstamp.fast.train import FitConfig, fit_stamp
-    from fairstamp.scoring import Scorer
+    from fairstamp.fast.train import FitConfig
     from fairstamp.scoring.upper import UpperForward
-    from fairstamp.training.loop import (
-        _counterfactual_loss,
-        _counterfactual_set,
-        _mixture,
-        _prefix_logprobs,
-    )
-    from test_fast import tiny
+    from fairstamp.training.loop import _mixture, _prefix_logprobs
 
-    items = load_stereoset(bias_types=["gender"], limit=12)
-    swap = group_swap(WORDS, ["gender"])
-    settings = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
-                    framings=1, lr=3e-3, min_steps=100, keep_best=False,
-                    counterfactual_weight=1e4)
-    loaded = tiny(tiny_tokenizer)
-    scorer = Scorer.from_loaded(loaded, progress=False)
-    cf = _counterfactual_set(scorer, items, swap, FitConfig(**settings))
+    items, swap, loaded, scorer, cf = l_c_case(tiny_tokenizer)
+    pad = scorer.pad_token_id
     upper = UpperForward(loaded.model, loaded.arch, 1)
-    cf.restrict(None, upper.vocab_size())
     everything = range(len(cf.sents.ids) // 2)
     with torch.no_grad():
-        cf.anchor(upper, scorer.pad_token_id, loaded.device, chunk=5)
-        p0, q0 = _prefix_logprobs(upper, cf, everything, scorer.pad_token_id, loaded.device)
-        # The hand-computed value at the original model.
-        m0 = _mixture(p0, q0)
-        kl = lambda a, b: (a.exp() * (a - b)).sum(-1)  # noqa: E731
-        expected = float((0.5 * (kl(m0, p0) + kl(m0, q0))).mean())
-        at_original = float(_counterfactual_loss(upper, cf, everything, scorer.pad_token_id,
-                                                 loaded.device))
+        cf.anchor(upper, pad, loaded.device, chunk=5)
+        p0, q0 = _prefix_logprobs(upper, cf, everything, pad, loaded.device)
+    # The hand-computed value at the original model.
+    m0 = _mixture(p0, q0)
+    kl = lambda a, b: (a.exp() * (a - b)).sum(-1)  # noqa: E731
+    expected = float((0.5 * (kl(m0, p0) + kl(m0, q0))).mean())
+    at_original = l_c_of(loaded, cf, pad)
     assert torch.allclose(cf.mixture, m0, atol=1e-6)
     # (float32 sums of ~1e-5 terms; the anchor was computed 5 pairs per pass)
     assert at_original == pytest.approx(expected, rel=1e-3) and at_original > 0
 
     def distance_to_mixture(target):
-        model = tiny(tiny_tokenizer)
-        run = fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
-                        group_swap=swap,
-                        config=FitConfig(counterfactual_target=target, **settings))
+        model, run = l_c_trained(tiny_tokenizer, items, swap, counterfactual_target=target)
         # The history names the term as trained: a JS divergence, or KLs from the anchor.
         key = "counterfactual_kl" if target == "mixture" else "counterfactual_js"
         assert key in run.history[-1]
         with torch.no_grad():
             p, q = _prefix_logprobs(UpperForward(model.model, model.arch, 1), cf, everything,
-                                    scorer.pad_token_id, model.device)
+                                    pad, model.device)
             return float((0.5 * (kl(m0, p) + kl(m0, q))).mean())
 
     anchored, free = distance_to_mixture("mixture"), distance_to_mixture("each_other")
@@ -394,23 +398,10 @@ def test_the_sentence_span_compares_every_position_after_the_swapped_words(tiny_
     at every position from the last swapped token to the one before the end (those that predict
     the words the two share), each pair's mean weighing the same; training with it brings those
     positions closer than training with the prefix span, which reads one of them."""
-    from fairstamp.fast.train import FitConfig, fit_stamp
-    from fairstamp.scoring import Scorer
-    from fairstamp.scoring.upper import UpperForward
-    from fairstamp.training.loop import _counterfactual_loss, _counterfactual_set
-    from test_fast import tiny
+    from fairstamp.fast.train import FitConfig
 
-    items = load_stereoset(bias_types=["gender"], limit=12)
-    swap = group_swap(WORDS, ["gender"])
-    settings = dict(width=8, max_steps=12, check_every=4, batch_pairs=8, batch_kl=4,
-                    framings=1, lr=3e-3, min_steps=100, keep_best=False,
-                    counterfactual_weight=1e4)
-    loaded = tiny(tiny_tokenizer)
-    scorer = Scorer.from_loaded(loaded, progress=False)
-    cf = _counterfactual_set(scorer, items, swap,
-                             FitConfig(counterfactual_span="sentence", **settings))
-    upper = UpperForward(loaded.model, loaded.arch, 1)
-    cf.restrict(None, upper.vocab_size())
+    items, swap, loaded, scorer, cf = l_c_case(tiny_tokenizer, counterfactual_span="sentence")
+    pad = scorer.pad_token_id
     texts = [scorer.encode(t) for a, b, _ in subject_pairs(items, swap) for t in (a, b)]
     assert cf.sents.ids == texts  # every swapped sentence of these items has a common suffix
     for a, b, ca, cb in zip(cf.sents.ids[0::2], cf.sents.ids[1::2], cf.cols[0::2],
@@ -418,13 +409,12 @@ def test_the_sentence_span_compares_every_position_after_the_swapped_words(tiny_
         assert len(ca) == len(cb) and ca[-1] == len(a) - 2 and cb[-1] == len(b) - 2
         assert a[ca[0]] != b[cb[0]]  # the first position is the last swapped token ...
         assert a[ca[0] + 1:] == b[cb[0] + 1:]  # ... and every token it predicts is shared
-    everything = range(len(cf.sents.ids) // 2)
 
     def by_hand(model):
         """Each pair's mean JS over its positions by full forward passes, then the mean."""
         per_pair = []
         with torch.no_grad():
-            for i in everything:
+            for i in range(len(cf.sents.ids) // 2):
                 lps = [torch.log_softmax(model.model(torch.tensor([cf.sents.ids[j]])).logits[
                     0, cf.cols[j]][:, cf.keep], dim=-1) for j in (2 * i, 2 * i + 1)]
                 m = torch.logaddexp(*lps) - torch.log(torch.tensor(2.0))
@@ -432,19 +422,13 @@ def test_the_sentence_span_compares_every_position_after_the_swapped_words(tiny_
                 per_pair.append(float(js.mean()))
         return sum(per_pair) / len(per_pair)
 
-    def loss(model):
-        with torch.no_grad():
-            return float(_counterfactual_loss(UpperForward(model.model, model.arch, 1), cf,
-                                              everything, scorer.pad_token_id, model.device))
+    assert l_c_of(loaded, cf, pad) == pytest.approx(by_hand(loaded), rel=1e-4)
+    assert l_c_of(loaded, cf, pad) > 0
 
-    assert loss(loaded) == pytest.approx(by_hand(loaded), rel=1e-4) and loss(loaded) > 0
-
-    def trained(**extra):
-        model = tiny(tiny_tokenizer)
-        run = fit_stamp(model, items, 1, retention_sentences=["Christians celebrate Easter."],
-                        group_swap=swap, config=FitConfig(**{**settings, **extra}))
+    def trained(**config):
+        model, run = l_c_trained(tiny_tokenizer, items, swap, **config)
         assert ("counterfactual_js" in run.history[-1]) == bool(run.counterfactual_weight)
-        return loss(model)
+        return l_c_of(model, cf, pad)
 
     sentence, prefix = trained(counterfactual_span="sentence"), trained()
     plain = trained(counterfactual_weight=0.0)

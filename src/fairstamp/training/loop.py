@@ -882,8 +882,7 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
         log.warning("counterfactual_templates: no gender items with gender words to swap, so no "
                     "templated prefixes")
     if templated:
-        log.info("L_c: %d templated prefix pairs about gender words beside the items' %d",
-                 len(templated), len(prefixes))
+        log.info("L_c: %d templated prefix pairs about gender words", len(templated))
     rows, cols = [], []
     if config.counterfactual_span == "sentence":  # a sentence pair holds its prefix's position
         sentences = subject_pairs(items, swap, seed=config.seed)
@@ -940,8 +939,8 @@ def _counterfactual_loss(upper: UpperForward, cf: _Counterfactual, chosen: Seque
     if cf.mixture is None:
         m = _mixture(p, q)
         js = 0.5 * ((p.exp() * (p - m)).sum(-1) + (q.exp() * (q - m)).sum(-1))
-        if len(js) == len(chosen):  # one position a pair
-            return js.mean()
+        if len(js) == len(chosen):  # one position a pair: the plain mean (the weighted sum
+            return js.mean()        # below equals it, rounded otherwise)
         counts = [len(cf.cols[2 * i]) for i in chosen]
         weights = torch.tensor([1.0 / (n * len(chosen)) for n in counts for _ in range(n)],
                                device=js.device)
