@@ -393,6 +393,52 @@ def test_templated_prefixes_pair_every_gender_noun_and_he_and_never_a_held_out_t
         .sents.ids)
 
 
+def test_substituted_prefixes_are_the_items_own_prefixes_about_other_gender_nouns(
+        tiny_tokenizer):
+    from fairstamp.data.counterfactual import counterfactual_prefixes, substituted_prefixes
+    from fairstamp.fast.train import FitConfig
+    from fairstamp.scoring import Scorer
+    from fairstamp.training.loop import _counterfactual_set
+    from test_fast import tiny
+
+    swap = group_swap(WORDS, ["gender"])
+    items = load_stereoset(bias_types=["gender"], limit=12)
+    own = {i: (a, b) for a, b, i in counterfactual_prefixes(items, swap)}
+    assert own["0f6a8b9cb19a45b66f91093a0cad0129"] == ("A mother is", "A father is")
+    pairs = substituted_prefixes(items, swap, 2)
+    # The item's own words, its target replaced by another noun of its sex and number, and the
+    # same words about that noun's counterpart; "<id>~k" for the k-th substitute.
+    assert ("Many sisters are found to be", "Many brothers are found to be",
+            "94268d6b78272a4c557dd49e6d852341~1") in pairs
+    for a, b, key in pairs:
+        item_id, _, k = key.partition("~")
+        assert k in ("1", "2") and a != own[item_id][0]
+        words, original = a.split(), own[item_id][0].split()  # one word differs: the target
+        assert len(words) == len(original) and a != b
+        assert sum(x != y for x, y in zip(words, original)) == 1
+    # Pronoun targets (herself, she) have no noun to substitute; the plain pairs stay first.
+    assert {key.partition("~")[0] for _, _, key in pairs} < set(own)
+    assert substituted_prefixes(items, swap, 2, seed=1) != pairs
+    assert substituted_prefixes(items, swap, 2) == pairs
+    assert substituted_prefixes(items, swap, 0) == []
+    # A swap without a held-out target's pair never names either word.
+    held = {w for a, b, _ in substituted_prefixes(items, swap.without(["sister"]), 6)
+            for w in f"{a} {b}".lower().split()}
+    assert not {"sister", "sisters", "brother", "brothers"} & held
+    scorer = Scorer.from_loaded(tiny(tiny_tokenizer), progress=False)
+    plain = _counterfactual_set(scorer, items, swap, FitConfig(counterfactual_weight=1.0))
+    more = _counterfactual_set(scorer, items, swap, FitConfig(counterfactual_weight=1.0,
+                                                              counterfactual_substitutes=2))
+    assert more.sents.ids[:len(plain.sents.ids)] == plain.sents.ids
+    assert more.sents.ids[len(plain.sents.ids):] == [scorer.encode(t) for a, b, _ in pairs
+                                                     for t in (a, b)]
+    for bad, message in [(dict(counterfactual_weight=0.0), "counterfactual_weight 0 turns off"),
+                         (dict(counterfactual_span="sentence"), "counterfactual_span='prefix'"),
+                         (dict(counterfactual_substitutes=-1), "must be >= 0")]:
+        with pytest.raises(FairstampError, match=message):
+            FitConfig(**{"counterfactual_substitutes": 2, **bad})
+
+
 def test_the_sentence_span_compares_every_position_after_the_swapped_words(tiny_tokenizer):
     """counterfactual_span="sentence": L_c reads each item's two sentences and their group swaps
     at every position from the last swapped token to the one before the end (those that predict

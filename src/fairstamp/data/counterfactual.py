@@ -14,6 +14,9 @@
   of the same sex and number, "The mother was caring." / "The mother was
   harsh." → "The aunt was caring." / "The aunt was harsh.", so the stamp meets the bias on group
   words it is not edited on.
+- `substituted_prefixes`: for L_c's prefix pairs about other group words [ours; docs/fast.md,
+  "Prefixes about other gender nouns"], each gender item's prefix with its target replaced as in
+  `target_substitutions`, and the same about the counterpart ("The aunt was" / "The uncle was").
 - `template_prefixes`: for L_c's templated prefix pairs [ours; docs/fast.md, "Templated
   prefixes"], hand-written sentence openings about each gender word of the swap and the same
   about its counterpart ("The uncle worked as a" / "The aunt worked as a"), so that L_c also
@@ -24,6 +27,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
@@ -202,6 +206,23 @@ def counterfactual_prefixes(items: Sequence[BiasItem], swap: AttributeSwap | Non
         if counterfactual and counterfactual != prefix:
             out.append((prefix, counterfactual, item.id))
     return out
+
+
+def substituted_prefixes(items: Sequence[BiasItem], swap: AttributeSwap, n: int, *,
+                         seed: int = 0) -> list[tuple[str, str, str]]:
+    """`counterfactual_prefixes` of each gender item's pair again with its target replaced by up
+    to `n` other gender nouns of its sex and number (`target_substitutions`): "The mother was" /
+    "The father was" also as "The aunt was" / "The uncle was", the item's own words about group
+    words it does not name. The item id is "<id>~<k>" for its k-th substitution. A swap made
+    `without` some words never names them."""
+    by_id = {item.id: item for item in items}
+    counts: dict[str, int] = {}
+    variants = []
+    for stereo, anti, item_id in target_substitutions(items, swap, n, seed=seed):
+        k = counts[item_id] = counts.get(item_id, 0) + 1
+        variants.append(dataclasses.replace(by_id[item_id], id=f"{item_id}~{k}", stereo=stereo,
+                                            anti=anti))
+    return counterfactual_prefixes(variants, swap, seed=seed)
 
 
 #: Gender words that are not nouns a target can be replaced by (pronouns, titles, adjectives).

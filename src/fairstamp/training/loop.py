@@ -46,7 +46,9 @@ projection. Everything below is shared by both.
   `counterfactual_templates=True` adds hand-written openings about every gender word of the
   swap and its counterpart ("The uncle worked as a" / "The aunt worked as a";
   data/counterfactual.py `template_prefixes`) to the prefix pairs L_c draws from, where the edit
-  has gender items.
+  has gender items. `counterfactual_substitutes=N` adds each gender item's prefix with its target
+  replaced by up to N other gender nouns of its sex and number, and the same about the
+  counterpart ("The aunt was" / "The uncle was"; data/counterfactual.py `substituted_prefixes`).
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -91,6 +93,7 @@ from fairstamp.data.counterfactual import (
     AttributeSwap,
     counterfactual_prefixes,
     subject_pairs,
+    substituted_prefixes,
     template_prefixes,
 )
 from fairstamp.data.items import BiasItem
@@ -170,6 +173,9 @@ class LoopSettings:
     counterfactual_span: str = "prefix"  # L_c's positions: "prefix" | "sentence"
     # L_c also on hand-written openings about every gender word of the swap (template_prefixes)
     counterfactual_templates: bool = False
+    # L_c also on each gender item's prefix with its target replaced by up to this many other
+    # gender nouns of its sex and number (substituted_prefixes)
+    counterfactual_substitutes: int = 0
     seed: int = 0
 
     @property
@@ -222,6 +228,15 @@ class LoopSettings:
         if self.counterfactual_templates and self.counterfactual_weight == 0:
             raise FairstampError("counterfactual_templates adds prefix pairs to L_c, which "
                                  "counterfactual_weight 0 turns off")
+        if self.counterfactual_substitutes < 0:
+            raise FairstampError(f"counterfactual_substitutes must be >= 0, got "
+                                 f"{self.counterfactual_substitutes}")
+        if self.counterfactual_substitutes and self.counterfactual_weight == 0:
+            raise FairstampError("counterfactual_substitutes adds prefix pairs to L_c, which "
+                                 "counterfactual_weight 0 turns off")
+        if self.counterfactual_substitutes and self.counterfactual_span == "sentence":
+            raise FairstampError("counterfactual_substitutes adds prefix pairs: use it with "
+                                 "counterfactual_span='prefix'")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise FairstampError(f"validation_fraction must be in [0, 1), got "
                                  f"{self.validation_fraction}")
@@ -883,6 +898,11 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
                     "templated prefixes")
     if templated:
         log.info("L_c: %d templated prefix pairs about gender words", len(templated))
+    if config.counterfactual_substitutes:
+        substituted = substituted_prefixes(items, swap, config.counterfactual_substitutes,
+                                           seed=config.seed)
+        log.info("L_c: %d prefix pairs about other gender nouns", len(substituted))
+        prefixes = [*prefixes, *substituted]
     rows, cols = [], []
     if config.counterfactual_span == "sentence":  # a sentence pair holds its prefix's position
         sentences = subject_pairs(items, swap, seed=config.seed)
