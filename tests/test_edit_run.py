@@ -40,7 +40,8 @@ def test_cli_defaults_are_the_configs():
               inspect.signature(debias_cli.debias_command).parameters.items()}
     for name in ("width", "lr", "max_steps", "retention_weight", "generic_weight",
                  "keep_mean_weight", "train_vocab", "pairs", "subject_score",
-                 "counterfactual_weight", "counterfactual_target", "counterfactual_templates"):
+                 "counterfactual_weight", "counterfactual_target", "counterfactual_templates",
+                 "counterfactual_substitutes"):
         assert params[name] == fit[name], name
     assert params["keep_mean_smooth"] == fit["lm_smooth"]
     for name in ("layer", "layer_rule", "trace_items", "held_out_fraction", "folds", "seed"):

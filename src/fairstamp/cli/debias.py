@@ -118,6 +118,11 @@ def debias_command(
         help="L_c also on hand-written sentence openings about every gender word and its "
         "counterpart (\"The uncle worked as a\" / \"The aunt worked as a\"), never a held-out "
         "target (docs/fast.md, Templated prefixes).")] = FIT["counterfactual_templates"],
+    counterfactual_substitutes: Annotated[int, typer.Option(
+        min=0, help="L_c also on each gender item's prefix with its target replaced by up to "
+        "this many other gender nouns of its sex and number (\"The aunt was\" / \"The uncle "
+        "was\"), never a held-out target (docs/fast.md, Prefixes about other gender nouns).")]
+    = FIT["counterfactual_substitutes"],
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -182,7 +187,8 @@ def debias_command(
                         subject_score=subject_score, augment_targets=augment_targets,
                         counterfactual_weight=counterfactual_weight,
                         counterfactual_target=counterfactual_target,
-                        counterfactual_templates=counterfactual_templates, seed=seed)
+                        counterfactual_templates=counterfactual_templates,
+                        counterfactual_substitutes=counterfactual_substitutes, seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,
