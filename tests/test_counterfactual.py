@@ -416,7 +416,7 @@ def test_substituted_prefixes_are_the_items_own_prefixes_about_other_gender_noun
         words, original = a.split(), own[item_id][0].split()  # one word differs: the target
         assert len(words) == len(original) and a != b
         assert sum(x != y for x, y in zip(words, original)) == 1
-    # Pronoun targets (herself, she) have no noun to substitute; the plain pairs stay first.
+    # Pronoun targets (herself, she) have no noun to substitute.
     assert {key.partition("~")[0] for _, _, key in pairs} < set(own)
     assert substituted_prefixes(items, swap, 2, seed=1) != pairs
     assert substituted_prefixes(items, swap, 2) == pairs
@@ -429,7 +429,7 @@ def test_substituted_prefixes_are_the_items_own_prefixes_about_other_gender_noun
     plain = _counterfactual_set(scorer, items, swap, FitConfig(counterfactual_weight=1.0))
     more = _counterfactual_set(scorer, items, swap, FitConfig(counterfactual_weight=1.0,
                                                               counterfactual_substitutes=2))
-    assert more.sents.ids[:len(plain.sents.ids)] == plain.sents.ids
+    assert more.sents.ids[:len(plain.sents.ids)] == plain.sents.ids  # the items' own first
     assert more.sents.ids[len(plain.sents.ids):] == [scorer.encode(t) for a, b, _ in pairs
                                                      for t in (a, b)]
     for bad, message in [(dict(counterfactual_weight=0.0), "counterfactual_weight 0 turns off"),
