@@ -394,7 +394,7 @@ def test_templated_prefixes_pair_every_gender_noun_and_he_and_never_a_held_out_t
 
 
 def test_substituted_prefixes_are_the_items_own_prefixes_about_other_gender_nouns(
-        tiny_tokenizer):
+        tiny_tokenizer, caplog):
     from fairstamp.data.counterfactual import counterfactual_prefixes, substituted_prefixes
     from fairstamp.fast.train import FitConfig
     from fairstamp.scoring import Scorer
@@ -432,6 +432,15 @@ def test_substituted_prefixes_are_the_items_own_prefixes_about_other_gender_noun
     assert more.sents.ids[:len(plain.sents.ids)] == plain.sents.ids  # the items' own first
     assert more.sents.ids[len(plain.sents.ids):] == [scorer.encode(t) for a, b, _ in pairs
                                                      for t in (a, b)]
+    # An edit with no gender nouns to substitute trains on its own pairs, and says so.
+    religion = load_stereoset(bias_types=["religion"], limit=12)
+    rswap = group_swap(WORDS, ["religion"])
+    with caplog.at_level(logging.WARNING, logger="fairstamp.training.loop"):
+        alone = _counterfactual_set(scorer, religion, rswap, FitConfig(
+            counterfactual_weight=1.0, counterfactual_substitutes=2))
+    assert "no substituted prefixes" in caplog.text
+    assert alone.sents.ids == _counterfactual_set(scorer, religion, rswap, FitConfig(
+        counterfactual_weight=1.0)).sents.ids
     for bad, message in [(dict(counterfactual_weight=0.0), "counterfactual_weight 0 turns off"),
                          (dict(counterfactual_span="sentence"), "counterfactual_span='prefix'"),
                          (dict(counterfactual_substitutes=-1), "must be >= 0")]:

@@ -901,7 +901,11 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
     if config.counterfactual_substitutes:
         substituted = substituted_prefixes(items, swap, config.counterfactual_substitutes,
                                            seed=config.seed)
-        log.info("L_c: %d prefix pairs about other gender nouns", len(substituted))
+        if substituted:
+            log.info("L_c: %d prefix pairs about other gender nouns", len(substituted))
+        else:
+            log.warning("counterfactual_substitutes: no gender item names a gender noun before "
+                        "its attribute, so no substituted prefixes")
         prefixes = [*prefixes, *substituted]
     rows, cols = [], []
     if config.counterfactual_span == "sentence":  # a sentence pair holds its prefix's position
