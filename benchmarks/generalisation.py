@@ -103,6 +103,20 @@ def tradeoff_points(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
     return points
 
 
+def fold_distance(per_fold: list[dict], before: dict[tuple[str, ...], float] | None = None
+                  ) -> float | None:
+    """The folds' mean |held-out SS − 50|, each fold weighted by its held-out items: unlike the
+    pooled SS, one fold's overshoot below 50 cannot cancel another's shortfall. With `before`
+    (a fold's held-out targets → the unedited model's SS on them), the same before the edit;
+    None where a fold's is unknown."""
+    values = [before.get(tuple(f["held_out_targets"])) for f in per_fold] if before is not None \
+        else [f["held_out_ss"] for f in per_fold]
+    if any(v is None for v in values):
+        return None
+    total = sum(f["n_held_out"] for f in per_fold)
+    return sum(f["n_held_out"] * abs(v - 50) for f, v in zip(per_fold, values)) / max(total, 1)
+
+
 def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
           plot: str | None = None, seed: int = 0) -> str:
     lines = [f"# Generalisation by recipe — {model}, StereoSet dev {bias_types}, {folds}-fold "
@@ -111,23 +125,33 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
              "trained on the other folds' targets; every item scored by the stamp that never "
              "saw its target; SS/LMS pooled over all items, 95% bootstrap CIs; the change's CI is "
              "paired: items resampled with both of their scores; – where not recorded). "
+             "Fold distance from 50: the folds' held-out |SS − 50|, weighted by their items, "
+             "before → after (one fold's overshoot below 50 cannot offset another's "
+             "shortfall, as it can in the pooled SS). "
              "Settings are overrides of FAST's defaults when the row ran (its JSON's `fit` "
              "holds them all from L_c's default on); the rows without `fit` ran before L_c "
              "became the default, against α = 1 and no L_c: `attribute` there is that old "
              "default, and `cf3a3` is today's.", "",
              "| recipe | settings | held-out SS before | held-out SS after | change [paired CI] | "
-             "moved to 50 | held-out LMS before | after | fit s (all folds) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "moved to 50 | fold distance from 50 | held-out LMS before | after | "
+             "fit s (all folds) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    # The unedited model's SS on a fold's targets, from whichever rows recorded it (rows of one
+    # table share their folds: the targets are dealt by the seed).
+    unedited = {tuple(f["held_out_targets"]): f["held_out_ss_before"] for r in rows.values()
+                for f in r["cross_validation"]["per_fold"] if "held_out_ss_before" in f}
     for name, r in rows.items():
         cv = r["cross_validation"]
         b, a = cv["before"]["ss"]["overall"], cv["after"]["ss"]["overall"]
+        distance = " → ".join("–" if d is None else f"{d:.1f}" for d in (
+            fold_distance(cv["per_fold"], unedited), fold_distance(cv["per_fold"])))
         moved = (abs(b["value"] - 50) - abs(a["value"] - 50)) / max(abs(b["value"] - 50), 1e-9)
         settings = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default"
         fit_s = sum(f["fit_seconds"] for f in cv["per_fold"])
         change = (cv.get("change") or {}).get("ss")
         change_text = "–" if change is None else fmt_change(change["overall"])
         lines.append(f"| {name} | {settings} | {fmt(b)} | {fmt(a)} | {change_text} | "
-                     f"{100 * moved:.0f}% | "
+                     f"{100 * moved:.0f}% | {distance} | "
                      f"{fmt(cv['before'].get('lms', {}).get('overall'))} | "
                      f"{fmt(cv['after'].get('lms', {}).get('overall'))} | {fit_s:.0f} |")
     types = sorted({t for r in rows.values()

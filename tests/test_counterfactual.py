@@ -10,7 +10,12 @@ import torch
 
 from conftest import SHARED_DATA
 from fairstamp.data.attribute_words import ATTRIBUTE_WORDS
-from fairstamp.data.counterfactual import group_swap, subject_pairs, target_substitutions
+from fairstamp.data.counterfactual import (
+    group_swap,
+    indefinite_article,
+    subject_pairs,
+    target_substitutions,
+)
 from fairstamp.data.items import BiasItem
 from fairstamp.data.stereoset import load_stereoset
 from fairstamp.data.training_text import framed_pairs, training_pairs
@@ -156,6 +161,27 @@ def test_target_augmentation_keeps_sex_number_and_the_items_own_pairs_first():
         training_pairs(items, 1, "attribute", None, augment=3)
     with pytest.raises(FairstampError, match="not subject"):
         training_pairs(items, 1, "subject", swap, augment=3)
+
+
+def test_a_replaced_target_takes_the_article_its_replacement_needs():
+    assert [indefinite_article(w) for w in ("aunt", "Uncle", "father", "European", "Ukrainian",
+                                            "Arab")] == ["an", "an", "a", "a", "a", "an"]
+    swap = group_swap(WORDS, ["gender", "race"])
+    items = [item("m", "gender", "mother", "A mother is caring. She is a mother.",
+                  "A mother is cold. She is a mother."),
+             item("r", "race", "Russian", "A Russian is cold.", "A Russian is warm."),
+             item("e", "race", "Arab", "An Arab is rich.", "An Arab is poor.")]
+    # Every female singular noun, both ways: the article follows the new word, in its case.
+    for stereo, anti, _ in target_substitutions(items[:1], swap, 40):
+        word = stereo.split()[1]
+        article = indefinite_article(word)
+        assert stereo == f"{article.capitalize()} {word} is caring. She is {article} {word}."
+        assert anti.startswith(f"{article.capitalize()} {word} is cold.")
+    assert {"An aunt is caring. She is an aunt."} <= {
+        s for s, _, _ in target_substitutions(items[:1], swap, 40)}
+    pairs = {(a, b) for a, b, _ in subject_pairs(items[1:], swap)}
+    assert ("A Russian is cold.", "An Arab is cold.") in pairs
+    assert ("An Arab is rich.", "A Russian is rich.") in pairs
 
 
 def test_a_swap_without_held_out_targets_never_writes_them():
@@ -413,9 +439,13 @@ def test_substituted_prefixes_are_the_items_own_prefixes_about_other_gender_noun
     for a, b, key in pairs:
         item_id, _, k = key.partition("~")
         assert k in ("1", "2") and a != own[item_id][0]
-        words, original = a.split(), own[item_id][0].split()  # one word differs: the target
+        # One word differs, the target, and the "a"/"an" before it where the new word needs
+        # the other ("A mother is" → "An aunt is").
+        words, original = a.split(), own[item_id][0].split()
         assert len(words) == len(original) and a != b
-        assert sum(x != y for x, y in zip(words, original)) == 1
+        differ = [i for i, (x, y) in enumerate(zip(words, original)) if x != y]
+        assert len(differ) == 1 or (differ == [differ[0], differ[0] + 1]
+                                    and original[differ[0]].lower() in ("a", "an"))
     # Pronoun targets (herself, she) have no noun to substitute.
     assert {key.partition("~")[0] for _, _, key in pairs} < set(own)
     assert substituted_prefixes(items, swap, 2, seed=1) != pairs

@@ -189,6 +189,13 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     rows = json.loads(tables[0].with_suffix(".json").read_text())
     assert rows["both"]["cross_validation"]["before"] == rows["attribute"]["cross_validation"][
         "before"]
+    # Each row's folds' held-out distance from 50, weighted by their items, before → after.
+    per_fold = rows["attribute"]["cross_validation"]["per_fold"]
+    n = sum(f["n_held_out"] for f in per_fold)
+    before, after = (sum(f["n_held_out"] * abs(f[key] - 50) for f in per_fold) / n
+                     for key in ("held_out_ss_before", "held_out_ss"))
+    assert "| fold distance from 50 |" in text
+    assert f"% | {before:.1f} → {after:.1f} | " in text.split("| attribute |")[1].splitlines()[0]
     # `layer=N` places that recipe's stamps; the others keep the two-thirds rule's (2 of 3).
     assert [f["edit"]["layer"] for r in ("attribute", "both")
             for f in rows[r]["cross_validation"]["per_fold"]] == [2, 2, 0, 0]

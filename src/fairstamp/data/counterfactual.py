@@ -141,6 +141,35 @@ def _target_pattern(target: str) -> re.Pattern:
     return re.compile(rf"(?<!\w)({re.escape(target)})(s|es)?(?!\w)", re.IGNORECASE)
 
 
+#: An indefinite article ending the text before a replaced word.
+_ARTICLE = re.compile(r"(?<!\w)(an?)(\s+)$", re.IGNORECASE)
+#: Vowel letters that begin a consonant sound ("a Ukrainian", "a European", "a unicorn").
+_CONSONANT_VOWELS = ("eu", "uk", "ug", "uni", "use", "usu", "one")
+
+
+def indefinite_article(word: str) -> str:
+    """"an" before a vowel sound, else "a", by the word's spelling (`_CONSONANT_VOWELS` begin
+    with a consonant sound)."""
+    lower = word.casefold()
+    return "an" if lower[:1] in set("aeiou") and not lower.startswith(_CONSONANT_VOWELS) else "a"
+
+
+def replace_target(pattern: re.Pattern, text: str, replacement) -> str:
+    """`pattern.sub(replacement, text)`, with an "a"/"an" right before each replaced word made to
+    agree with its replacement: "A mother was" → "An aunt was", not "A aunt was"."""
+    out, last = [], 0
+    for match in pattern.finditer(text):
+        new = replacement(match)
+        head = text[last:match.start()]
+        article = _ARTICLE.search(head)
+        if article is not None:
+            head = (head[:article.start()] + same_case(article.group(1), indefinite_article(new))
+                    + article.group(2))
+        out += [head, new]
+        last = match.end()
+    return "".join(out) + text[last:]
+
+
 def subject_pairs(items: Sequence[BiasItem], swap: AttributeSwap | None, *, seed: int = 0
                   ) -> list[tuple[str, str, str]]:
     """(sentence, its counterfactual about another group, item id) for the stereo and the anti
@@ -171,8 +200,8 @@ def _item_swaps(items: Sequence[BiasItem], swap: AttributeSwap | None, seed: int
         def swap_of(text: str, item=item, other=other, pattern=pattern, digest=digest
                     ) -> str | None:
             if item.bias_type != "gender" and other is not None and pattern.search(text):
-                return pattern.sub(
-                    lambda m: same_case(m.group(1), other) + (m.group(2) or ""), text)
+                return replace_target(
+                    pattern, text, lambda m: same_case(m.group(1), other) + (m.group(2) or ""))
             return swap.counterfactual(text, random.Random(digest)) if swap is not None else None
 
         yield item, swap_of
@@ -345,5 +374,6 @@ def target_substitutions(items: Sequence[BiasItem], swap: AttributeSwap, n: int,
             # The match's plural ending is dropped: `word` already has the match's number.
             def put(m: re.Match, w: str = word) -> str:
                 return same_case(m.group(1), w)
-            out.append((pattern.sub(put, item.stereo), pattern.sub(put, item.anti), item.id))
+            out.append((replace_target(pattern, item.stereo, put),
+                        replace_target(pattern, item.anti, put), item.id))
     return out
