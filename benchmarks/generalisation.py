@@ -103,18 +103,14 @@ def tradeoff_points(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
     return points
 
 
-def fold_distance(per_fold: list[dict], before: dict[tuple[str, ...], float] | None = None
-                  ) -> float | None:
-    """The folds' mean |held-out SS − 50|, each fold weighted by its held-out items: unlike the
-    pooled SS, one fold's overshoot below 50 cannot cancel another's shortfall. With `before`
-    (a fold's held-out targets → the unedited model's SS on them), the same before the edit;
-    None where a fold's is unknown."""
-    values = [before.get(tuple(f["held_out_targets"])) for f in per_fold] if before is not None \
-        else [f["held_out_ss"] for f in per_fold]
-    if any(v is None for v in values):
+def fold_distance(per_fold: list[dict], ss: list[float | None]) -> float | None:
+    """The folds' mean |held-out SS − 50| (`ss`, one per fold), each fold weighted by its
+    held-out items: unlike the pooled SS, one fold's overshoot below 50 cannot cancel another's
+    shortfall. None where a fold's SS is unknown."""
+    if any(v is None for v in ss):
         return None
     total = sum(f["n_held_out"] for f in per_fold)
-    return sum(f["n_held_out"] * abs(v - 50) for f, v in zip(per_fold, values)) / max(total, 1)
+    return sum(f["n_held_out"] * abs(v - 50) for f, v in zip(per_fold, ss)) / max(total, 1)
 
 
 def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
@@ -143,8 +139,10 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
     for name, r in rows.items():
         cv = r["cross_validation"]
         b, a = cv["before"]["ss"]["overall"], cv["after"]["ss"]["overall"]
+        per_fold = cv["per_fold"]
         distance = " → ".join("–" if d is None else f"{d:.1f}" for d in (
-            fold_distance(cv["per_fold"], unedited), fold_distance(cv["per_fold"])))
+            fold_distance(per_fold, [unedited.get(tuple(f["held_out_targets"])) for f in per_fold]),
+            fold_distance(per_fold, [f["held_out_ss"] for f in per_fold])))
         moved = (abs(b["value"] - 50) - abs(a["value"] - 50)) / max(abs(b["value"] - 50), 1e-9)
         settings = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default"
         fit_s = sum(f["fit_seconds"] for f in cv["per_fold"])

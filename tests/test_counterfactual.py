@@ -171,7 +171,8 @@ def test_a_replaced_target_takes_the_article_its_replacement_needs():
                   "A mother is cold. She is a mother."),
              item("r", "race", "Russian", "A Russian is cold.", "A Russian is warm."),
              item("e", "race", "Arab", "An Arab is rich.", "An Arab is poor.")]
-    # Every female singular noun, both ways: the article follows the new word, in its case.
+    # Every female singular noun, in both sentences: the article follows the new word, in the
+    # original's case.
     for stereo, anti, _ in target_substitutions(items[:1], swap, 40):
         word = stereo.split()[1]
         article = indefinite_article(word)
@@ -182,6 +183,12 @@ def test_a_replaced_target_takes_the_article_its_replacement_needs():
     pairs = {(a, b) for a, b, _ in subject_pairs(items[1:], swap)}
     assert ("A Russian is cold.", "An Arab is cold.") in pairs
     assert ("An Arab is rich.", "A Russian is rich.") in pairs
+    # The word swap (CDA's, and the pairs' fallback) goes through the same replacement.
+    religion = group_swap(WORDS, ["religion"])
+    swapped = {religion.counterfactual("An imam prays.", Random(k)) for k in range(20)}
+    assert swapped and all(s.startswith("A ") for s in swapped), swapped
+    assert group_swap(WORDS, ["gender"]).counterfactual("An uncle and a boy.", Random(0)) == \
+        "An aunt and a girl."
 
 
 def test_a_swap_without_held_out_targets_never_writes_them():

@@ -1,7 +1,8 @@
 """Counterfactual text: the same sentence about another group.
 
 - `AttributeSwap`: whole-word, case-preserving swaps of bias-bench's attribute words (gender
-  pairs, race and religion triples); CDA augments its corpus with it.
+  pairs, race and religion triples); CDA augments its corpus with it. Every replacement of a
+  group word in this module keeps a preceding "a"/"an" in agreement (`replace_target`).
 - `subject_pairs`: for FAST's subject-swap training pairs [ours; docs/fast.md, "Which pairs the
   stamp equalises"], each edited sentence and the same sentence about a counterfactual group of
   the same bias type ("The mother was caring." / "The father was caring."). Gender sentences swap
@@ -109,8 +110,8 @@ class AttributeSwap:
                 target = choices[key]
             return same_case(found, words[target])
 
-        swapped, n = self.pattern.subn(swap, sentence)
-        return swapped if n else None
+        return replace_target(self.pattern, sentence, swap) if self.has_attribute(sentence) \
+            else None
 
 
 def same_case(original: str, word: str) -> str:
@@ -156,7 +157,9 @@ def indefinite_article(word: str) -> str:
 
 def replace_target(pattern: re.Pattern, text: str, replacement) -> str:
     """`pattern.sub(replacement, text)`, with an "a"/"an" right before each replaced word made to
-    agree with its replacement: "A mother was" → "An aunt was", not "A aunt was"."""
+    agree with its replacement: "A mother was" → "An aunt was", not "A aunt was". Every group
+    word this module replaces goes through it (`AttributeSwap.counterfactual`, the target swaps
+    of `subject_pairs` and `target_substitutions`)."""
     out, last = [], 0
     for match in pattern.finditer(text):
         new = replacement(match)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fairstamp.data.counterfactual import indefinite_article
 from fairstamp.data.items import BiasItem, Paraphrase
 from fairstamp.data.readers import iter_jsonl
 from fairstamp.data.validate import (
@@ -308,7 +309,7 @@ def _retokened(original: Sequence[Token], start: int, words: Sequence[str]) -> l
 def _can_swap(tokens: Sequence[Token], i: int, size: int, key: tuple[str, ...]) -> bool:
     new = _SYNONYMS[key][0]
     if i > 0 and _norm(tokens[i - 1][1]) in {"a", "an"} and \
-            (key[0][0] in "aeiou") != (new[0] in "aeiou"):
+            indefinite_article(key[0]) != indefinite_article(new):
         return False
     nxt = _norm(tokens[i + size][1]) if i + size < len(tokens) else ""
     return nxt not in _NOT_BEFORE.get(key, ())
