@@ -76,7 +76,7 @@ def test_training_shrinks_the_gap_and_records_history(tiny_tokenizer, items):
     loaded, result = fit(tiny_tokenizer, items, max_steps=30, check_every=0, keep_best=False)
     after = mean_abs_gap(loaded, items)
     assert after < 0.5 * before
-    assert [h["step"] for h in result.history] == [10, 20, 30]
+    assert [h["step"] for h in result.history] == [5, 10, 15, 20, 25, 30]  # automatic: small edit
     assert result.history[-1]["bias_loss_all"] == pytest.approx(after, abs=1e-5)
     assert result.stopped == "max_steps"
     assert result.stamp.config.training["steps"] == 30
@@ -217,9 +217,9 @@ def test_invalid_settings_attach_nothing(tiny_tokenizer, items):
         FitConfig(check_every=-1)
 
 
-def test_automatic_check_interval_grows_with_the_items():
+def test_automatic_check_interval_is_5_for_small_edits_and_grows_with_the_items():
     config = FitConfig()
-    assert [config.check_interval(n) for n in (1, 227, 400, 401, 1160)] == [10, 10, 10, 11, 29]
+    assert [config.check_interval(n) for n in (1, 227, 400, 401, 1160)] == [5, 5, 5, 11, 29]
     assert FitConfig(check_every=3).check_interval(1160) == 3
 
 

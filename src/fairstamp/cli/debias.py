@@ -77,7 +77,8 @@ def debias_command(
     max_steps: Annotated[int, typer.Option(min=1, help="Most training steps.")]
     = FIT["max_steps"],
     check_every: Annotated[int, typer.Option(min=0, help="Steps between SS checks of all "
-                                             "edited items (0: max(10, items / 40)).")]
+                                             "edited items (0: 5 up to 400 items, else "
+                                             "max(10, items / 40)).")]
     = FIT["check_every"],
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")]
     = FIT["batch_pairs"],

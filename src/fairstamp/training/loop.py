@@ -63,8 +63,9 @@ projection. Everything below is shared by both.
   gaps) and "full" below (smollm2-135m's 49k: 1.13x, not worth the setup pass).
 
 Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps (0,
-the default: every max(10, ⌈items / 40⌉) steps, so that the checks, which score every edited pair,
-stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured by
+the default: every 5 steps up to `SMALL_EDIT_ITEMS` edited items, where the stamps of neighbouring
+checks differ most on unseen targets; above, every max(10, ⌈items / 40⌉) steps, so that the checks,
+which score every edited pair, stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured by
 the Scorer, exactly as `eval` measures them (packed rows, the lower layers replayed), and
 training stops when SS is within `ss_tolerance` of 50 and L_e has stopped falling (or at
 `max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
@@ -128,6 +129,11 @@ COUNTERFACTUAL_TARGETS = ("each_other", "mixture")
 COUNTERFACTUAL_SPANS = ("prefix", "sentence")
 #: "auto" trains on the seen vocabulary when the model's has more tokens than this.
 SEEN_VOCAB_ABOVE = 100_000
+#: The automatic check interval: every SMALL_CHECK_EVERY steps for edits of at most
+#: SMALL_EDIT_ITEMS items (cross-validated by target on smollm2-135m gender: docs/fast.md, "Which
+#: check to keep"); larger edits keep the checks a small share of the time instead.
+SMALL_EDIT_ITEMS = 400
+SMALL_CHECK_EVERY = 5
 
 
 class TrainingDiverged(FairstampError):
@@ -150,7 +156,7 @@ class LoopSettings:
     batch_passages: int = 1
     pass_size: int = 16  # sentences per forward pass within a step, grouped by length
     lr_final: float = 1.0  # learning rate at the last step, as a fraction of the first (cosine)
-    check_every: int = 0  # 0: max(10, ceil(items / 40)) steps
+    check_every: int = 0  # 0: automatic (`check_interval`)
     balance_types: bool = False  # each step draws its pairs evenly across the items' bias types
     ss_tolerance: float = 1.0
     flat_tolerance: float = 0.05
@@ -260,8 +266,14 @@ class LoopSettings:
         return AUTO_COUNTERFACTUAL_WEIGHT
 
     def check_interval(self, n_items: int) -> int:
-        """Steps between SS checks for `n_items` edited items."""
-        return self.check_every or max(10, math.ceil(n_items / 40))
+        """Steps between SS checks for `n_items` edited items: `check_every`, or automatically 5
+        up to `SMALL_EDIT_ITEMS` items (docs/fast.md, "Which check to keep") and max(10,
+        ⌈items / 40⌉) above."""
+        if self.check_every:
+            return self.check_every
+        if n_items <= SMALL_EDIT_ITEMS:
+            return SMALL_CHECK_EVERY
+        return max(10, math.ceil(n_items / 40))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
