@@ -127,7 +127,10 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
              "Settings are overrides of FAST's defaults when the row ran (its JSON's `fit` "
              "holds them all from L_c's default on); the rows without `fit` ran before L_c "
              "became the default, against α = 1 and no L_c: `attribute` there is that old "
-             "default, and `cf3a3` is today's.", "",
+             "default, and `cf3a3` is today's. `check_every` 0 (automatic) checked every "
+             "max(10, ⌈items / 40⌉) steps in rows run before 2026-12-05 and checks every 5 "
+             "steps up to 400 edited items since (each fold's `edit.checks` lists its steps).",
+             "",
              "| recipe | settings | held-out SS before | held-out SS after | change [paired CI] | "
              "moved to 50 | fold distance from 50 | held-out LMS before | after | "
              "fit s (all folds) |",

@@ -95,8 +95,9 @@ def as_run(fit: dict) -> Rule:
 
 
 RULES: dict[str, tuple[Rule, str]] = {
-    "default": (keep_best(), "the loop's rule: checks every 10 steps, SS within 1 of 50, stop"),
-    "every5": (keep_best(n=5), "the same, checking every 5 steps"),
+    "every10": (keep_best(), "the loop's rule with checks every 10 steps (SS within 1 of 50, "
+                             "stop): the default before 2026-12-05, and above 400 items"),
+    "every5": (keep_best(n=5), "the same, checking every 5 steps: the default up to 400 items"),
     "no_stop": (keep_best(stop=False), "the same, never stopping early"),
     "tol3": (keep_best(tolerance=3.0), "SS within 3 of 50 counts as 50 (then the lowest |gap|)"),
     "tol5": (keep_best(tolerance=5.0), "SS within 5 of 50 counts as 50"),

@@ -329,8 +329,8 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     common = ["--model", tiny_model_dir, "--data-dir", SHARED_DATA]
     assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "30",
                     "--trace-items", "2", "--suite", "biascope", "--max-steps", "4",
-                    "--width", "8", "--bootstrap", "10", "--train-vocab", "seen", "--out",
-                    out]) == 0
+                    "--check-every", "2", "--width", "8", "--bootstrap", "10", "--train-vocab",
+                    "seen", "--out", out]) == 0
     for name in ("stamp_config.json", "stamp.safetensors", "edited_items.json", "trace.json",
                  "metrics.json", "report.md", "before/metrics.json", "after/predictions.json",
                  "plots/edited_ss.png", "plots/training.png"):
@@ -343,6 +343,7 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert metrics["layer_source"] == "rule two-thirds" and metrics["layer"] == 2
     assert metrics["config"]["fit"]["train_vocab"] == "seen"
     assert 0 < metrics["fit"]["vocab_size"] <= 300
+    assert "SS checked every 2 steps" in (out / "report.md").read_text()
     assert "SS on the edited items" in capsys.readouterr().out
     assert run_cli(["debias", *common, "--train-vocab", "some", "--out", tmp_path / "x"]) == 2
     assert "train_vocab must be one of auto, full, seen" in capsys.readouterr().err

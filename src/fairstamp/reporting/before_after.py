@@ -169,6 +169,9 @@ def before_after_plots(metrics: Mapping[str, Any], folder: Path,
 
 def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     config, fit = metrics["config"], metrics["fit"]
+    checks = [c["step"] for c in metrics.get("history") or []]
+    every = (f"SS checked every {checks[1] - checks[0]} steps, "
+             if len(checks) > 1 and "tokens" in fit else "")
     lines = [
         f"# fairstamp debias: `{metrics['model']['name']}`",
         "",
@@ -177,7 +180,7 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         f"{metrics['stamp']['width']}, {metrics['stamp']['parameters']:,} parameters) after the "
         f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); {fit['steps']} "
         f"training steps in {fit['seconds']:.0f} s ("
-        + (f"{fit['check_seconds']:.0f} s of them the SS checks; {fit['tokens']:,} tokens "
+        + (f"{every}{fit['check_seconds']:.0f} s of them the checks; {fit['tokens']:,} tokens "
            "through the layers above the stamp; " if "tokens" in fit else "")
         + f"+{fit['setup_seconds']:.0f} s setup), stopped: {fit['stopped']}; kept the check of "
         f"step {fit.get('kept_step', fit['steps'])}.",

@@ -63,12 +63,12 @@ projection. Everything below is shared by both.
   gaps) and "full" below (smollm2-135m's 49k: 1.13x, not worth the setup pass).
 
 Minibatches of pairs and KL sentences are drawn with the run's seed; every `check_every` steps (0,
-the default: every 5 steps up to `SMALL_EDIT_ITEMS` edited items, where the stamps of neighbouring
-checks differ most on unseen targets; above, every max(10, ⌈items / 40⌉) steps, so that the checks,
-which score every edited pair, stay a small share of the time on large sets) the SS and L_e of all edited pairs are measured by
-the Scorer, exactly as `eval` measures them (packed rows, the lower layers replayed), and
-training stops when SS is within `ss_tolerance` of 50 and L_e has stopped falling (or at
-`max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
+the default: every 5 steps up to `SMALL_EDIT_ITEMS` edited items, chosen by cross-validation by
+target; above, every max(10, ⌈items / 40⌉) steps, so that the checks, which score every edited
+pair, stay a small share of the time on large sets) the SS and L_e of all edited pairs are
+measured by the Scorer, exactly as `eval` measures them (packed rows, the lower layers
+replayed), and training stops when SS is within `ss_tolerance` of 50 and L_e has stopped
+falling (or at `max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
 `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts signs, so it wanders while
 |gap| shrinks. With `validation_fraction` > 0 a share of each bias type's targets is set aside
 before training (`validation_split`, by a seeded hash of the target): their items are never
