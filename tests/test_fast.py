@@ -328,7 +328,7 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     out = tmp_path / "run"
     common = ["--model", tiny_model_dir, "--data-dir", SHARED_DATA]
     assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "30",
-                    "--trace-items", "2", "--suite", "biascope", "--max-steps", "4",
+                    "--trace-items", "2", "--suite", "biascope", "--max-steps", "3",
                     "--check-every", "2", "--width", "8", "--bootstrap", "10", "--train-vocab",
                     "seen", "--out", out]) == 0
     for name in ("stamp_config.json", "stamp.safetensors", "edited_items.json", "trace.json",

@@ -169,9 +169,11 @@ def before_after_plots(metrics: Mapping[str, Any], folder: Path,
 
 def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     config, fit = metrics["config"], metrics["fit"]
+    # The first check falls at the interval's step; with one check only, the interval is unknown
+    # (it exceeded the steps run, and the last step was checked instead).
     checks = [c["step"] for c in metrics.get("history") or []]
-    every = (f"SS checked every {checks[1] - checks[0]} steps, "
-             if len(checks) > 1 and "tokens" in fit else "")
+    every = (f"SS checked every {checks[0]} steps, " if len(checks) > 1 and "tokens" in fit
+             else "")
     lines = [
         f"# fairstamp debias: `{metrics['model']['name']}`",
         "",
