@@ -8,7 +8,9 @@ run's (the folds' targets, each stamp's initialisation and minibatches); a recip
 so a second seed is a second results file (`-seed<N>` in its name). The table: the
 pooled held-out SS and LMS before and after, per bias type, with CIs, and the fit time. A
 finished recipe (its JSON in the results folder) is not run again, and neither is a finished fold
-of an unfinished one (kept beside it until the recipe ends), so an interrupted run resumes.
+of an unfinished one (kept beside it until the recipe ends), so an interrupted run resumes; when
+every recipe is finished the model is not loaded, and the table and plot are rebuilt from the
+JSON.
 
 Usage: python benchmarks/generalisation.py [--model smollm2-135m] [--bias-types gender]
            [--folds 5] [--seed 0] [--recipe NAME=KEY=VALUE,KEY=VALUE ...]
@@ -199,18 +201,20 @@ def main() -> None:
     cache = args.out / f"generalisation-{slug}"
     config = EditRunConfig(model=args.model, bias_types=args.bias_types.split(","),
                            folds=args.folds, seed=args.seed)
-    loaded = load(args.model)
-    setup = prepare_edit(config)
-    layer, _ = choose_layer(config, loaded.num_layers, loaded.name)
-    # Every recipe's layer is checked before the first one runs.
-    layers = {name: layer if "layer" not in options else recipe_layer_of(
-        config, options["layer"], loaded) for name, options in recipes.items()}
-    rows = {}
-    for name, options in recipes.items():
+    rows = {name: json.loads((cache / f"{name}.json").read_text()) for name in recipes
+            if (cache / f"{name}.json").is_file()}
+    todo = {name: options for name, options in recipes.items() if name not in rows}
+    loaded = setup = None
+    layers: dict[str, int] = {}
+    if todo:  # the model is loaded only for recipes left to run: finished ones rebuild the table
+        loaded = load(args.model)
+        setup = prepare_edit(config)
+        layer, _ = choose_layer(config, loaded.num_layers, loaded.name)
+        # Every recipe's layer is checked before the first one runs.
+        layers = {name: layer if "layer" not in options else recipe_layer_of(
+            config, options["layer"], loaded) for name, options in todo.items()}
+    for name, options in todo.items():
         path = cache / f"{name}.json"
-        if path.is_file():
-            rows[name] = json.loads(path.read_text())
-            continue
         clock = time.perf_counter()
         method = methods[name]
         store = FoldStore(cache / f"{name}.folds", options)
@@ -226,6 +230,7 @@ def main() -> None:
                       "versions": library_versions()}
         atomic_write_json(path, rows[name])
         store.clear()
+    rows = {name: rows[name] for name in recipes}  # the order the recipes were given
     atomic_write_json(args.out / f"generalisation-{slug}.json", rows)
     before = next(iter(rows.values()))["cross_validation"]["before"]["ss"]["overall"]["value"]
     plot = recipe_tradeoff(tradeoff_points(rows), args.out / f"generalisation-{slug}.png",

@@ -204,6 +204,18 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     # No stored fold is left once a recipe's JSON is written.
     cache = tmp_path / tables[0].stem
     assert sorted(p.name for p in cache.iterdir()) == ["attribute.json", "both.json"]
+    # Once every recipe is finished the model is not loaded: the same command with a model
+    # folder that no longer exists rebuilds the same table from the JSON.
+    first_table, gone = text, tmp_path / "gone" / tiny_model_dir.name
+    tables[0].unlink()
+    rebuilt = subprocess.run(
+        [sys.executable, str(script), "--model", str(gone),
+         "--folds", "2", "--max-steps", "2", "--recipe", "attribute=width=8", "--recipe",
+         "both=pairs=both,width=8,layer=0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "FAIRSTAMP_DATA": str(SHARED_DATA)})
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert tables[0].read_text() == first_table.replace(str(tiny_model_dir), str(gone))
     # A second seed is a second file, and its stamps are not the first seed's.
     again = subprocess.run(
         [sys.executable, str(script), "--model", str(tiny_model_dir), "--folds", "2",
