@@ -223,6 +223,22 @@ def test_automatic_check_interval_is_5_for_small_edits_and_grows_with_the_items(
     assert FitConfig(check_every=3).check_interval(1160) == 3
 
 
+def test_automatic_step_limit_is_the_cross_validated_60_for_small_edits(tiny_tokenizer, items):
+    from fairstamp.methods.finetune import FineTuneConfig
+
+    config = FitConfig()
+    assert config.max_steps == 0
+    assert [config.step_limit(n) for n in (1, 227, 400, 401, 1160)] == [60, 60, 60, 200, 200]
+    assert FitConfig(max_steps=7).step_limit(1160) == 7
+    assert FineTuneConfig().step_limit(10) == 200  # the FT-L baseline keeps its own length
+    with pytest.raises(FairstampError, match="max_steps"):
+        FitConfig(max_steps=-1)
+    # The loop runs the automatic length (no early stop: min_steps above it) and records it.
+    _, result = fit(tiny_tokenizer, items[:4], max_steps=0, check_every=30)
+    assert (result.steps, result.summary()["step_limit"]) == (60, 60)
+    assert [h["step"] for h in result.history] == [30, 60]
+
+
 def test_nan_loss_stops_training_and_keeps_nothing(tiny_tokenizer, items):
     loaded = tiny(tiny_tokenizer)
     before = logits(loaded.model)

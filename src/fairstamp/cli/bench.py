@@ -92,7 +92,8 @@ def bench_command(
     each with the same BiaScope suite, and write results.md / results.json with a trade-off plot
     (|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again. `--quick`
     shortens the general suite (and the trace of an argmax layer rule); each method's own
-    training length is its option (e.g. --option fast.max_steps=60)."""
+    training length is its option (FAST's automatic one: 60 steps up to 400 edited items, else
+    200; e.g. --option fast.max_steps=100)."""
     placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
                                   offload_folder=offload_folder, dtype=dtype)
     V.check_data(data)

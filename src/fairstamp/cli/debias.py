@@ -28,11 +28,18 @@ from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length
 from fairstamp.evaluation.config import SUITES
 from fairstamp.fast.train import FitConfig
 from fairstamp.reporting.before_after import print_before_after
-from fairstamp.runs.config import defaults
+from fairstamp.runs.config import QUICK_MAX_STEPS, defaults
 from fairstamp.runs.debias import DebiasConfig, debias, write_debias_run
 from fairstamp.runs.setup import check_group_words
 from fairstamp.stamp.module import READS
-from fairstamp.training.loop import AUTO_COUNTERFACTUAL_WEIGHT, COUNTERFACTUAL_TARGETS
+from fairstamp.training.loop import (
+    AUTO_COUNTERFACTUAL_WEIGHT,
+    COUNTERFACTUAL_TARGETS,
+    LARGE_MAX_STEPS,
+    SMALL_CHECK_EVERY,
+    SMALL_EDIT_ITEMS,
+    SMALL_MAX_STEPS,
+)
 from fairstamp.utils.distributed import current_processes
 
 RUN, FIT = defaults(DebiasConfig), defaults(FitConfig)  # where every default below is written
@@ -74,11 +81,14 @@ def debias_command(
     lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
                                             "step, as a fraction of --lr (cosine decay; 1: "
                                             "constant).")] = FIT["lr_final"],
-    max_steps: Annotated[int, typer.Option(min=1, help="Most training steps.")]
+    max_steps: Annotated[int, typer.Option(
+        min=0, help=f"Most training steps (0: {SMALL_MAX_STEPS} up to {SMALL_EDIT_ITEMS} edited "
+        f"items, the length the recipe was cross-validated at, else {LARGE_MAX_STEPS}; "
+        f"--quick: at most {QUICK_MAX_STEPS}).")]
     = FIT["max_steps"],
-    check_every: Annotated[int, typer.Option(min=0, help="Steps between SS checks of all "
-                                             "edited items (0: 5 up to 400 items, else "
-                                             "max(10, items / 40)).")]
+    check_every: Annotated[int, typer.Option(
+        min=0, help=f"Steps between SS checks of all edited items (0: {SMALL_CHECK_EVERY} up to "
+        f"{SMALL_EDIT_ITEMS} items, else max(10, items / 40)).")]
     = FIT["check_every"],
     batch_pairs: Annotated[int, typer.Option(min=1, help="Edited pairs per step.")]
     = FIT["batch_pairs"],

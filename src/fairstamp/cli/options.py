@@ -93,8 +93,9 @@ Passages = Annotated[int, typer.Option(
 Suite = Annotated[str, typer.Option(help="Evaluation before/after: all | biascope | stereoset | "
                                    "crows | general | transfer.")]
 Quick = Annotated[bool, typer.Option(
-    "--quick", help="Small general-ability subsets, a short trace and at most 60 training steps "
-    "(the README's quick start on a CPU).")]
+    "--quick", help="Small general-ability and transfer subsets and a short trace (the README's "
+    "quick start on a CPU); `debias` also trains at most 60 steps, `bench` leaves each method's "
+    "training to its options.")]
 GeneralLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
     help="Subset sizes of the general suite, as in `fairstamp eval`.")]
 TransferLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045

@@ -66,8 +66,8 @@ class DebiasConfig(EditRunConfig):
     def quick(self) -> DebiasConfig:
         """`--quick`: the edit run's small suite and trace, at most QUICK_MAX_STEPS steps."""
         quick = super().quick()
-        return replace(quick, fit=replace(self.fit,
-                                          max_steps=min(self.fit.max_steps, QUICK_MAX_STEPS)))
+        steps = min(self.fit.max_steps or QUICK_MAX_STEPS, QUICK_MAX_STEPS)
+        return replace(quick, fit=replace(self.fit, max_steps=steps))
 
 
 @dataclass

@@ -68,14 +68,16 @@ target; above, every max(10, ⌈items / 40⌉) steps, so that the checks, which 
 pair, stay a small share of the time on large sets) the SS and L_e of all edited pairs are
 measured by the Scorer, exactly as `eval` measures them (packed rows, the lower layers
 replayed), and training stops when SS is within `ss_tolerance` of 50 and L_e has stopped
-falling (or at `max_steps`). With `keep_best` the stamp of the check with SS closest to 50 (within
-`ss_tolerance` counts as equal; then the lowest L_e) is kept: SS counts signs, so it wanders while
-|gap| shrinks. With `validation_fraction` > 0 a share of each bias type's targets is set aside
-before training (`validation_split`, by a seeded hash of the target): their items are never
-trained on, the checks score them too, and *their* SS and L_e choose the kept check, so the step
-kept is the one that carried furthest to targets the stamp did not see; the stopping rule still
-reads the trained items. A non-finite loss stops training with `TrainingDiverged`; the edit is
-undone (the stamp detached, FT-L's weight restored) and nothing is written.
+falling (or at `max_steps`; 0: `step_limit`'s automatic length, `SMALL_MAX_STEPS` up to
+`SMALL_EDIT_ITEMS` items, else `LARGE_MAX_STEPS`). With `keep_best` the stamp of the check
+with SS closest to 50 (within `ss_tolerance` counts as equal; then the lowest L_e) is kept: SS
+counts signs, so it wanders while |gap| shrinks. With `validation_fraction` > 0 a share of each
+bias type's targets is set aside before training (`validation_split`, by a seeded hash of the
+target): their items are never trained on, the checks score them too, and *their* SS and L_e
+choose the kept check, so the step kept is the one that carried furthest to targets the stamp did
+not see; the stopping rule still reads the trained items. A non-finite loss stops training with
+`TrainingDiverged`; the edit is undone (the stamp detached, FT-L's weight restored) and nothing
+is written.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ SEEN_VOCAB_ABOVE = 100_000
 #: check to keep"); larger edits keep the checks a small share of the time instead.
 SMALL_EDIT_ITEMS = 400
 SMALL_CHECK_EVERY = 5
+#: The automatic step limit (`max_steps=0`): SMALL_MAX_STEPS for edits of at most
+#: SMALL_EDIT_ITEMS items, the length every cross-validation of the recipe measured (docs/fast.md,
+#: "Which check to keep": 100 steps kept a later check and lost knowledge), else LARGE_MAX_STEPS.
+SMALL_MAX_STEPS = 60
+LARGE_MAX_STEPS = 200
 
 
 class TrainingDiverged(FairstampError):
@@ -249,6 +256,8 @@ class LoopSettings:
         if self.check_every < 0:
             raise FairstampError(f"check_every must be >= 0 (0: automatic), got "
                                  f"{self.check_every}")
+        if self.max_steps < 0:
+            raise FairstampError(f"max_steps must be >= 0 (0: automatic), got {self.max_steps}")
 
     def counterfactual_delta(self, items: Sequence[BiasItem],
                              group_swap: AttributeSwap | None) -> float:
@@ -265,10 +274,17 @@ class LoopSettings:
             return 0.0
         return AUTO_COUNTERFACTUAL_WEIGHT
 
+    def step_limit(self, n_items: int) -> int:
+        """Most training steps for `n_items` edited items: `max_steps`, or automatically
+        `SMALL_MAX_STEPS` up to `SMALL_EDIT_ITEMS` items and `LARGE_MAX_STEPS` above."""
+        if self.max_steps:
+            return self.max_steps
+        return SMALL_MAX_STEPS if n_items <= SMALL_EDIT_ITEMS else LARGE_MAX_STEPS
+
     def check_interval(self, n_items: int) -> int:
-        """Steps between SS checks for `n_items` edited items: `check_every`, or automatically 5
-        up to `SMALL_EDIT_ITEMS` items (docs/fast.md, "Which check to keep") and max(10,
-        ⌈items / 40⌉) above."""
+        """Steps between SS checks for `n_items` edited items: `check_every`, or automatically
+        `SMALL_CHECK_EVERY` up to `SMALL_EDIT_ITEMS` items (docs/fast.md, "Which check to keep")
+        and max(10, ⌈items / 40⌉) above."""
         if self.check_every:
             return self.check_every
         if n_items <= SMALL_EDIT_ITEMS:
@@ -298,6 +314,7 @@ class TrainRun:
     counterfactual_weight: float = 0.0  # the δ L_c trained with (0: off)
     tokens: int = 0  # tokens the steps ran through the layers above the edit (forward, backward)
     check_seconds: float = 0.0  # of `seconds`, the SS checks' share
+    step_limit: int = 0  # the most steps it could run (`LoopSettings.step_limit`)
     # targets set aside to choose the kept check (`validation_fraction`), and their item count
     validation_targets: list[str] = field(default_factory=list)
     validation_items: int = 0
@@ -305,7 +322,8 @@ class TrainRun:
     def summary(self) -> dict[str, Any]:
         kept = next((h for h in self.history if h["step"] == self.best_step),
                     self.history[-1] if self.history else {})
-        return {"steps": self.steps, "seconds": round(self.seconds, 2),
+        return {"steps": self.steps, "step_limit": self.step_limit,
+                "seconds": round(self.seconds, 2),
                 "setup_seconds": round(self.setup_seconds, 2), "stopped": self.stopped,
                 "kept_step": self.best_step, "vocab_size": self.vocab_size,
                 "counterfactual_weight": self.counterfactual_weight, "tokens": self.tokens,
@@ -470,12 +488,14 @@ def train_at_layer(
                           counterfactual_weight=delta,
                           vocab_size=len(vocab) if vocab is not None else upper.vocab_size(),
                           validation_targets=sorted({i.target for i in validation}),
-                          validation_items=len(validation))
+                          validation_items=len(validation),
+                          step_limit=config.step_limit(n_plain))
+        max_steps = result.step_limit
         log.info("training %s at layer %d on %d items (%d pairs with framings), %d "
                  "retention/group sentences, %d generic sentences and %d passages",
                  trainable.what, layer, len(items), len(pairs), len(group_texts),
                  len(generic_sentences), len(generic_passages))
-        schedule = _cosine(optimizer, config.max_steps, config.lr_final)
+        schedule = _cosine(optimizer, max_steps, config.lr_final)
         if config.balance_types:
             type_of = {item.id: item.bias_type for item in items}
             types = [type_of[pairs[k][2]] for k in trained]
@@ -492,8 +512,8 @@ def train_at_layer(
         gap_history: list[float] = []
         best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
         bar = progress_enabled(progress)
-        with progress_bar(config.max_steps, trainable.description, progress) as advance:
-            for step in range(1, config.max_steps + 1):
+        with progress_bar(max_steps, trainable.description, progress) as advance:
+            for step in range(1, max_steps + 1):
                 chosen = pair_order.take(config.batch_pairs)
                 for kl_set in kl_sets:
                     kl_set.chosen = kl_set.order.take(kl_set.batch) if kl_set.order else []
@@ -523,7 +543,7 @@ def train_at_layer(
                 result.tokens += _step_tokens(pair_sents, chosen, kl_sets, counterfactual,
                                               prefixes)
                 status = None
-                if step % check_every == 0 or step == config.max_steps:
+                if step % check_every == 0 or step == max_steps:
                     checked = time.perf_counter()
                     gaps = _check_gaps(scorer, checked_ids)
                     result.check_seconds += time.perf_counter() - checked
@@ -550,11 +570,11 @@ def train_at_layer(
                               f"retention KL {terms['retention_kl']:.4f}  "
                               f"generic KL {terms['generic_kl']:.4f}")
                     # Without a progress bar (CI, nohup, a log file) each check is a log line.
-                    (log.debug if bar else log.info)("step %d/%d: %s", step, config.max_steps,
+                    (log.debug if bar else log.info)("step %d/%d: %s", step, max_steps,
                                                      status)
                     if should_stop(step, ss, gap_history, config):
                         result.stopped = "converged"
-                        advance(config.max_steps - step + 1, status=status)
+                        advance(max_steps - step + 1, status=status)
                         break
                 advance(status=status)
             else:
