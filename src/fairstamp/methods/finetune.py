@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FineTuneConfig(LoopSettings):
-    """FT-L's knobs: the shared loop's (as FAST's), its optimiser and L∞ constraint."""
+    """FT-L's knobs: the shared loop's (with the loop's defaults: α = 1, at most 200 steps), its
+    optimiser and L∞ constraint."""
 
     lr: float = 5e-4
     weight_decay: float = 0.0
