@@ -359,6 +359,7 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert metrics["layer_source"] == "rule two-thirds" and metrics["layer"] == 2
     assert metrics["config"]["fit"]["train_vocab"] == "seen"
     assert 0 < metrics["fit"]["vocab_size"] <= 300
+    assert "3 of at most 3 training steps" in (out / "report.md").read_text()
     assert "SS checked every 2 steps" in (out / "report.md").read_text()
     assert "SS on the edited items" in capsys.readouterr().out
     assert run_cli(["debias", *common, "--train-vocab", "some", "--out", tmp_path / "x"]) == 2

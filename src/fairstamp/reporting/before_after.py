@@ -181,7 +181,8 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         f"seed {config['seed']}. {metrics['n_edited']} items edited with one stamp (width "
         f"{metrics['stamp']['width']}, {metrics['stamp']['parameters']:,} parameters) after the "
         f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); {fit['steps']} "
-        f"training steps in {fit['seconds']:.0f} s ("
+        + (f"of at most {fit['step_limit']} " if fit.get("step_limit") else "")
+        + f"training steps in {fit['seconds']:.0f} s ("
         + (f"{every}{fit['check_seconds']:.0f} s of them the checks; {fit['tokens']:,} tokens "
            "through the layers above the stamp; " if "tokens" in fit else "")
         + f"+{fit['setup_seconds']:.0f} s setup), stopped: {fit['stopped']}; kept the check of "
