@@ -144,6 +144,12 @@ def main() -> None:
     parser.add_argument("--recipe", default="curve")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "kept_check")
     args = parser.parse_args()
+    # The command that rewrites these files: the curves, and the options that differ from the
+    # defaults (without --out, a rerun would write over the default results instead).
+    command = " ".join(["python benchmarks/kept_check.py", *map(str, args.curves)]
+                       + (["--recipe", args.recipe] if args.recipe != "curve" else [])
+                       + (["--out", str(args.out)]
+                          if args.out.resolve() != parser.get_default("out") else []))
     cvs = {}
     for path in args.curves:
         cv = cross_validation_of(path, args.recipe)
@@ -168,7 +174,7 @@ def main() -> None:
     lines = [
         "# Which check to keep — held-out SS of each rule on monitored cross-validation curves",
         "",
-        f"Command: `python benchmarks/kept_check.py {' '.join(map(str, args.curves))}` "
+        f"Command: `{command}` "
         "(each fold's held-out SS at the check the rule picks from the edited items' numbers; "
         "pooled over the folds' items; steps: the check each fold kept).",
         "",

@@ -242,6 +242,9 @@ def test_the_generalisation_benchmark_writes_its_table(tiny_model_dir, tmp_path)
     assert rules["as_run"]["mean_ss"] == pytest.approx(
         seeded["attribute"]["cross_validation"]["after"]["ss"]["overall"]["value"])
     assert "| as_run |" in (tmp_path / "kept.md").read_text()
+    # The recorded command rewrites these files, not the default ones: its options are in it.
+    assert f"-seed1.json --recipe attribute --out {tmp_path / 'kept'}`" in (
+        tmp_path / "kept.md").read_text()
     unmonitored = subprocess.run(
         [sys.executable, str(script.with_name("kept_check.py")),
          str(tables[0].with_suffix(".json")), "--recipe", "attribute", "--out",
