@@ -29,6 +29,7 @@ from fairstamp.data.validate import DEFAULT_MAX_SENTENCE_TOKENS, sentence_length
 from fairstamp.errors import FairstampError
 from fairstamp.evaluation.config import SUITES
 from fairstamp.runs.config import defaults
+from fairstamp.training.loop import LARGE_MAX_STEPS, SMALL_EDIT_ITEMS, SMALL_MAX_STEPS
 from fairstamp.utils.distributed import current_processes
 
 RUN = defaults(BenchConfig)  # where every default below is written
@@ -47,6 +48,16 @@ def parse_options(values: list[str] | None) -> dict[str, dict[str, str]]:
                                  f"rome.v_lr=0.1")
         out.setdefault(method, {})[option] = setting.strip()
     return out
+
+
+BENCH_HELP = (
+    "Fit every named method on the same edit-side items (same layer, text and seed), evaluate "
+    "each with the same BiaScope suite, and write results.md / results.json with a trade-off plot "
+    "(|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again. `--quick` "
+    "shortens the general suite (and the trace of an argmax layer rule); each method's own "
+    f"training length is its option (FAST's automatic one: {SMALL_MAX_STEPS} steps up to "
+    f"{SMALL_EDIT_ITEMS} edited items, else {LARGE_MAX_STEPS}; e.g. --option fast.max_steps=100)."
+)
 
 
 def bench_command(
@@ -88,12 +99,7 @@ def bench_command(
     offload_folder: OffloadFolderOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
-    """Fit every named method on the same edit-side items (same layer, text and seed), evaluate
-    each with the same BiaScope suite, and write results.md / results.json with a trade-off plot
-    (|SS − 50| vs RS and vs LMS). Resumable: a finished method is not run again. `--quick`
-    shortens the general suite (and the trace of an argmax layer rule); each method's own
-    training length is its option (FAST's automatic one: 60 steps up to 400 edited items, else
-    200; e.g. --option fast.max_steps=100)."""
+    """`fairstamp bench`; its help is BENCH_HELP."""
     placement = V.check_placement(device=device, device_map=device_map, max_memory=max_memory,
                                   offload_folder=offload_folder, dtype=dtype)
     V.check_data(data)
@@ -129,4 +135,4 @@ def bench_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_command)
+    app.command("bench", help=BENCH_HELP)(bench_command)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from fairstamp.models.aliases import DEFAULT_MODEL
+from fairstamp.runs.config import QUICK_MAX_STEPS
 
 ModelOpt = Annotated[
     str,
@@ -94,8 +95,8 @@ Suite = Annotated[str, typer.Option(help="Evaluation before/after: all | biascop
                                    "crows | general | transfer.")]
 Quick = Annotated[bool, typer.Option(
     "--quick", help="Small general-ability and transfer subsets and a short trace (the README's "
-    "quick start on a CPU); `debias` also trains at most 60 steps, `bench` leaves each method's "
-    "training to its options.")]
+    f"quick start on a CPU); `debias` also trains at most {QUICK_MAX_STEPS} steps, `bench` leaves "
+    "each method's training to its options.")]
 GeneralLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
     help="Subset sizes of the general suite, as in `fairstamp eval`.")]
 TransferLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
