@@ -107,7 +107,10 @@ RULES: dict[str, tuple[Rule, str]] = {
     "lowest_gap5": (lowest_gap(n=5), "the same, checking every 5 steps"),
     **{f"max{s}": (keep_best(max_steps=s), f"the loop's rule in a run of {s} steps")
        for s in (20, 30, 40)},
-    **{f"step{s}": (at_step(s), f"always step {s}") for s in (5, 10, 20, 30, 40, 50, 60)},
+    "every5_max60": (keep_best(n=5, max_steps=60), "the loop's rule checking every 5 steps in a "
+                     "run of 60 steps (FAST's automatic length up to 400 items) on longer curves"),
+    **{f"step{s}": (at_step(s), f"always step {s}")
+       for s in (5, 10, 20, 30, 40, 50, 60, 80, 100, 120)},
     "oracle": (oracle, "per fold, the check nearest 50 on its held-out items (reads them: "
                        "no rule; pooled SS can fall nearer 50 by folds on both sides)"),
 }
