@@ -60,10 +60,11 @@ def test_quick_runs_a_small_transfer_suite_and_the_table_shows_it_before_and_aft
     from fairstamp.runs.setup import prepare_edit
 
     quick = DebiasConfig(model="m", transfer_limits={"bold": 7}).quick()
-    # --quick trains at most 60 steps, the automatic length included; a shorter one is kept.
+    # --quick trains 60 steps where the length is automatic; an explicit one wins, shorter or
+    # longer (as explicit suite limits do).
     assert quick.fit.max_steps == 60
     assert [DebiasConfig(model="m", fit=FitConfig(max_steps=n)).quick().fit.max_steps
-            for n in (20, 200)] == [20, 60]
+            for n in (20, 120)] == [20, 120]
     assert quick.transfer_limits == {**QUICK_TRANSFER_LIMITS, "bold": 7}
     setup = prepare_edit(replace(quick, model=str(tiny_model_dir), limit=20))
     assert setup.eval_config.transfer_limits == quick.transfer_limits

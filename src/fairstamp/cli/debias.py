@@ -84,7 +84,7 @@ def debias_command(
     max_steps: Annotated[int, typer.Option(
         min=0, help=f"Most training steps (0: {SMALL_MAX_STEPS} up to {SMALL_EDIT_ITEMS} edited "
         f"items, the length the recipe was cross-validated at, else {LARGE_MAX_STEPS}; "
-        f"--quick: at most {QUICK_MAX_STEPS}).")]
+        f"--quick: {QUICK_MAX_STEPS} unless given).")]
     = FIT["max_steps"],
     check_every: Annotated[int, typer.Option(
         min=0, help=f"Steps between SS checks of all edited items (0: {SMALL_CHECK_EVERY} up to "

@@ -95,8 +95,8 @@ Suite = Annotated[str, typer.Option(help="Evaluation before/after: all | biascop
                                    "crows | general | transfer.")]
 Quick = Annotated[bool, typer.Option(
     "--quick", help="Small general-ability and transfer subsets and a short trace (the README's "
-    f"quick start on a CPU); `debias` also trains at most {QUICK_MAX_STEPS} steps, `bench` leaves "
-    "each method's training to its options.")]
+    f"quick start on a CPU); `debias` also trains {QUICK_MAX_STEPS} steps unless "
+    "--max-steps is given, `bench` leaves each method's training to its options.")]
 GeneralLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045
     help="Subset sizes of the general suite, as in `fairstamp eval`.")]
 TransferLimits = Annotated[Optional[str], typer.Option(  # noqa: UP045

@@ -64,9 +64,10 @@ class DebiasConfig(EditRunConfig):
     fit: FitConfig = field(default_factory=FitConfig)
 
     def quick(self) -> DebiasConfig:
-        """`--quick`: the edit run's small suite and trace, at most QUICK_MAX_STEPS steps."""
+        """`--quick`: the edit run's small suite and trace, and QUICK_MAX_STEPS steps where the
+        length is automatic (explicit limits win, as the suites' do)."""
         quick = super().quick()
-        steps = min(self.fit.max_steps or QUICK_MAX_STEPS, QUICK_MAX_STEPS)
+        steps = self.fit.max_steps or QUICK_MAX_STEPS
         return replace(quick, fit=replace(self.fit, max_steps=steps))
 
 
