@@ -47,13 +47,17 @@ def keep_best(n: int | None = 10, tolerance: float = 1.0, min_steps: int = 20, f
     equal; then the lowest mean |gap|), training stopping at the first check from `min_steps` on
     with SS within `tolerance` and a mean |gap| no longer falling by `flat`. `smooth` > 1 reads
     the mean SS of the last `smooth` checks instead of the check's own. `max_steps`: a run of
-    that many steps (with a constant learning rate, the curves' first `max_steps` steps)."""
+    that many steps (with a constant learning rate, the curves' first `max_steps` steps), on
+    curves that go beyond it."""
 
     # The loop's own key and stopping rule (training/loop.py), with these settings.
     settings = LoopSettings(ss_tolerance=tolerance, min_steps=min_steps, flat_tolerance=flat)
 
     def rule(checks: Sequence[Check]) -> Check | None:
         if max_steps is not None:
+            # A curve that ends by max_steps is the rule without the limit (its own row).
+            if checks[-1]["step"] <= max_steps:
+                return None
             checks = [c for c in checks if c["step"] <= max_steps]
             if not checks or checks[-1]["step"] != max_steps:
                 return None

@@ -286,3 +286,24 @@ def test_the_cost_curves_benchmark_writes_its_tables_and_plot(tiny_model_dir, tm
     text = (tmp_path / "cost_curves.md").read_text()
     assert "| 100 | gender, race, religion |" in text
     assert (tmp_path / "cost_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_kept_check_rule_for_a_shorter_run_reads_only_curves_that_go_beyond_it():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "kept_check.py"
+    spec = importlib.util.spec_from_file_location("kept_check", path)
+    kept_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kept_check)
+
+    def curve(last: int) -> list[dict]:  # SS falling to 50 at step 100, gaps always falling
+        return [{"step": s, "ss": max(50.0, 70.0 - s / 5), "bias_loss_all": 1.0 / s,
+                 "monitor_ss": 60.0} for s in range(5, last + 1, 5)]
+
+    rule = kept_check.keep_best(n=5, max_steps=60, stop=False)
+    # A 120-step curve: the 60-step run keeps its nearest check to 50 among the first 60 steps.
+    assert rule(curve(120))["step"] == 60
+    # A curve that ends at 60 is the unlimited rule's own row, not a second copy of it.
+    assert rule(curve(60)) is None
+    assert kept_check.keep_best(n=5, stop=False)(curve(60))["step"] == 60

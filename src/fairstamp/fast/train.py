@@ -27,7 +27,8 @@ class FitConfig(LoopSettings):
     # FAST's recipe (docs/fast.md, "Counterfactual next-token distributions"): L_c on where the
     # edit has group words to swap, with three times the loop's weight on L_s1.
     retention_weight: float = 3.0
-    # 0: the automatic length (`LoopSettings.step_limit`: SMALL_MAX_STEPS for small edits)
+    # 0: the automatic length (`LoopSettings.step_limit`: SMALL_MAX_STEPS, LARGE_MAX_STEPS above
+    # SMALL_EDIT_ITEMS items)
     max_steps: int = 0
     counterfactual_weight: float | None = None
     width: int = 256
