@@ -39,7 +39,7 @@ def test_cli_defaults_are_the_configs():
     params = {name: p.default for name, p in
               inspect.signature(debias_cli.debias_command).parameters.items()}
     for name in ("width", "lr", "max_steps", "retention_weight", "generic_weight",
-                 "keep_mean_weight", "train_vocab", "pairs", "subject_score",
+                 "keep_mean_weight", "sign_weight", "train_vocab", "pairs", "subject_score",
                  "counterfactual_weight", "counterfactual_target", "counterfactual_templates",
                  "counterfactual_substitutes"):
         assert params[name] == fit[name], name

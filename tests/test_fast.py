@@ -20,6 +20,7 @@ from fairstamp.fast.train import FitConfig, fit_stamp
 from fairstamp.models.archspec import arch_spec_for
 from fairstamp.models.loader import LoadedModel
 from fairstamp.scoring import Scorer
+from fairstamp.scoring.pairs import batch_lean, bias_loss
 from fairstamp.stamp import WEIGHTS_NAME, disabled, stamps_of
 from fairstamp.training.loop import TrainingDiverged
 from test_stamp import logits
@@ -564,3 +565,22 @@ def test_auto_training_vocabulary_follows_the_vocabulary_size(tiny_tokenizer, it
     _, large = fit(tiny_tokenizer, items, kl_top_k=4, max_steps=2)
     _, seen = fit(tiny_tokenizer, items, kl_top_k=4, max_steps=2, train_vocab="seen")
     assert large.vocab_size == seen.vocab_size < 300
+
+
+def test_the_batch_lean_term_stops_pulling_anti_leaning_pairs_toward_the_stereotype():
+    """λ·|mean gap| beside the mean |gap|: while the pairs lean stereotypical as a group, an
+    anti-leaning pair gets no gradient (its two terms cancel) and the stereotypical ones twice
+    theirs; the lean is 0 when the gaps cancel, however large each is."""
+    gaps = torch.tensor([0.5, 0.3, -0.2], requires_grad=True)
+    (bias_loss(gaps) + batch_lean(gaps)).backward()
+    assert torch.allclose(gaps.grad, torch.tensor([2 / 3, 2 / 3, 0.0]))
+    assert float(batch_lean(torch.tensor([0.4, -0.4]))) == 0.0
+
+
+def test_sign_weight_is_trained_and_reported(tiny_tokenizer, items):
+    _, plain = fit(tiny_tokenizer, items, max_steps=4, lr=3e-2)
+    _, leaned = fit(tiny_tokenizer, items, max_steps=4, lr=3e-2, sign_weight=5.0)
+    assert "batch_lean" not in plain.history[-1] and "batch_lean" in leaned.history[-1]
+    assert leaned.history[0]["loss"] > plain.history[0]["loss"]  # the same first batch, λ·lean
+    with pytest.raises(FairstampError, match="sign_weight"):
+        FitConfig(sign_weight=-1.0)

@@ -78,6 +78,10 @@ def debias_command(
     keep_mean_smooth: Annotated[float, typer.Option(
         min=0.0, help="The keep-mean term is quadratic within this many nats of the original "
         "(Huber; 0: absolute value; docs/fast.md).")] = FIT["lm_smooth"],
+    sign_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the |mean signed gap| of each step's pairs beside the mean |gap| "
+        "(λ; docs/fast.md): while the batch leans stereotypical, pairs that lean the other way "
+        "are not pulled back.")] = FIT["sign_weight"],
     lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
                                             "step, as a fraction of --lr (cosine decay; 1: "
                                             "constant).")] = FIT["lr_final"],
@@ -191,6 +195,7 @@ def debias_command(
         fit = FitConfig(width=width, reads=reads, lr=lr, weight_decay=weight_decay,
                         retention_weight=retention_weight, generic_weight=generic_weight,
                         keep_mean_weight=keep_mean_weight, lm_smooth=keep_mean_smooth,
+                        sign_weight=sign_weight,
                         lr_final=lr_final, max_steps=max_steps, check_every=check_every,
                         batch_pairs=batch_pairs, balance_types=balance_types,
                         validation_fraction=validation_fraction,

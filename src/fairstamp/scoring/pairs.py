@@ -26,6 +26,13 @@ def bias_loss(gaps: Scores) -> Scores:
     return abs(gaps).mean()
 
 
+def batch_lean(gaps: Scores) -> Scores:
+    """|mean signed gap|: how far the pairs lean one way as a group (0 when their leans cancel,
+    however large each is). Beside the mean |gap| it weighs the sign: while the pairs lean
+    stereotypical, an anti-leaning pair's two gradients cancel and it is not pulled back."""
+    return abs(gaps.mean())
+
+
 def stereotyped(gaps: Scores) -> Scores:
     """Per pair, whether the model prefers the stereotype: gap > 0, a tie is not stereotypical
     (as StereoSet counts). For finite scores the same as score(stereo) > score(anti)."""
@@ -37,4 +44,4 @@ def stereotype_percent(gaps: np.ndarray) -> float:
     return float(100.0 * np.mean(stereotyped(gaps)))
 
 
-__all__ = ["bias_loss", "pair_gaps", "pair_sums", "stereotype_percent", "stereotyped"]
+__all__ = ["batch_lean", "bias_loss", "pair_gaps", "pair_sums", "stereotype_percent", "stereotyped"]

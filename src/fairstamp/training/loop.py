@@ -109,7 +109,7 @@ from fairstamp.data.training_text import (
 )
 from fairstamp.errors import FairstampError
 from fairstamp.scoring.batching import length_batches
-from fairstamp.scoring.pairs import bias_loss, pair_gaps, pair_sums, stereotype_percent
+from fairstamp.scoring.pairs import batch_lean, bias_loss, pair_gaps, pair_sums, stereotype_percent
 from fairstamp.scoring.scorer import LowerLayerCache, Scorer
 from fairstamp.scoring.upper import Batch, UpperForward, Vocabulary
 from fairstamp.utils.devices import input_device
@@ -156,6 +156,9 @@ class LoopSettings:
     generic_weight: float = 1.0  # β: weight of L_s2 (KL on generic text)
     keep_mean_weight: float = 1.0  # γ: weight of L_m (each edited pair's mean score kept)
     lm_smooth: float = 1e-3  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
+    # λ: weight of |mean signed gap| of each step's pairs beside L_e's mean |gap|: while the batch
+    # leans stereotypical, the anti-leaning pairs are no longer pulled back toward the stereotype
+    sign_weight: float = 0.0
     max_steps: int = 200
     min_steps: int = 20
     batch_pairs: int = 32
@@ -207,6 +210,7 @@ class LoopSettings:
         weights = {"retention_weight": self.retention_weight,
                    "generic_weight": self.generic_weight,
                    "keep_mean_weight": self.keep_mean_weight,
+                   "sign_weight": self.sign_weight,
                    "counterfactual_weight": self.counterfactual_weight}
         negative = [name for name, value in weights.items() if value is not None and value < 0]
         if negative:
@@ -836,7 +840,9 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
           pad, device, budget: int):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
-    l_e = bias_loss(pair_gaps(means))
+    gaps = pair_gaps(means)
+    l_e = bias_loss(gaps)
+    l_sign = batch_lean(gaps)
     l_m = l_e.new_zeros(())
     if config.keep_mean_weight:
         original = pairs.original[sent_rows].to(means.device)
@@ -860,9 +866,10 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     zero = l_e.new_zeros(())
     l_s1 = torch.stack(group).mean() if group else zero
     l_s2 = torch.stack(generic).mean() if generic else zero
-    loss = (l_e + config.retention_weight * l_s1 + config.generic_weight * l_s2
-            + config.keep_mean_weight * l_m)
+    loss = (l_e + config.sign_weight * l_sign + config.retention_weight * l_s1
+            + config.generic_weight * l_s2 + config.keep_mean_weight * l_m)
     terms = {"loss": float(loss.detach()), "bias_loss": float(l_e.detach()),
+             **({"batch_lean": float(l_sign.detach())} if config.sign_weight else {}),
              **({"keep_mean": float(l_m.detach())} if config.keep_mean_weight else {}),
              "retention_kl": float(l_s1.detach()), "generic_kl": float(l_s2.detach())}
     return loss, terms
