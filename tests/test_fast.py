@@ -575,6 +575,12 @@ def test_the_batch_lean_term_stops_pulling_anti_leaning_pairs_toward_the_stereot
     (bias_loss(gaps) + batch_lean(gaps)).backward()
     assert torch.allclose(gaps.grad, torch.tensor([2 / 3, 2 / 3, 0.0]))
     assert float(batch_lean(torch.tensor([0.4, -0.4]))) == 0.0
+    # By group (bias type), weighted by each group's pairs: one type's lean does not cancel
+    # another's, and one group is the plain lean.
+    leans = np.array([0.4, 0.4, -0.2, -0.2])
+    assert batch_lean(leans, ["race", "race", "gender", "gender"]) == pytest.approx(0.3)
+    assert batch_lean(leans) == pytest.approx(0.1)
+    assert batch_lean(leans, ["race"] * 4) == batch_lean(leans)
 
 
 def test_sign_weight_is_trained_and_reported(tiny_tokenizer, items):

@@ -196,11 +196,12 @@ def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title:
     ax.set_ylabel("SS (%)")
     right = ax.twinx()
     for key, color, label in (("bias_loss_all", "#d62728", "bias loss L_e (all edited)"),
+                              ("batch_lean", "#ff7f0e", "|mean gap| (batch)"),
                               ("keep_mean", "#9467bd", "keep-mean L_m (batch)"),
                               ("retention_kl", "#1f77b4", "retention KL L_s1 (batch)"),
                               ("generic_kl", "#2ca02c", "generic KL L_s2 (batch)")):
         if not any(key in h for h in history):
-            continue  # L_m only when γ > 0
+            continue  # L_m only when γ > 0, the lean only when λ > 0
         values = [max(h.get(key, 0.0), 1e-8) for h in history]
         right.plot(steps, values, color=color, linewidth=1.2, label=label)
     right.set_yscale("log")

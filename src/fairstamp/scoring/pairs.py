@@ -4,6 +4,7 @@ its anti-stereotype), numpy arrays or torch tensors alike (gradients flow throug
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -26,11 +27,19 @@ def bias_loss(gaps: Scores) -> Scores:
     return abs(gaps).mean()
 
 
-def batch_lean(gaps: Scores) -> Scores:
+def batch_lean(gaps: Scores, groups: Sequence[Hashable] | None = None) -> Scores:
     """|mean signed gap|: how far the pairs lean one way as a group (0 when their leans cancel,
-    however large each is). Beside the mean |gap| it weighs the sign: while the pairs lean
-    stereotypical, an anti-leaning pair's two gradients cancel and it is not pulled back."""
-    return abs(gaps.mean())
+    however large each is). With `groups` (each pair's, e.g. its bias type), each group's lean
+    weighted by its share of the pairs, so that one group's lean cannot cancel another's. Beside
+    the mean |gap| it weighs the sign: while a group leans stereotypical, its anti-leaning pairs'
+    two gradients cancel and they are not pulled back."""
+    if groups is None:
+        return abs(gaps.mean())
+    lean = 0.0
+    for group in dict.fromkeys(groups):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        lean = lean + len(rows) / len(groups) * abs(gaps[rows].mean())
+    return lean
 
 
 def stereotyped(gaps: Scores) -> Scores:

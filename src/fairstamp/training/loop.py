@@ -500,9 +500,10 @@ def train_at_layer(
                  trainable.what, layer, len(items), len(pairs), len(group_texts),
                  len(generic_sentences), len(generic_passages))
         schedule = _cosine(optimizer, max_steps, config.lr_final)
+        type_of = {item.id: item.bias_type for item in items}
+        pair_types = [type_of[p[2]] for p in pairs]  # the lean is weighed per bias type
         if config.balance_types:
-            type_of = {item.id: item.bias_type for item in items}
-            types = [type_of[pairs[k][2]] for k in trained]
+            types = [pair_types[k] for k in trained]
             pair_order = _Balanced([[trained[k] for k, t in enumerate(types) if t == b]
                                     for b in dict.fromkeys(types)], generator)
         else:
@@ -523,7 +524,8 @@ def train_at_layer(
                     kl_set.chosen = kl_set.order.take(kl_set.batch) if kl_set.order else []
                 with upper.restricted(vocab):
                     loss, terms = _loss(upper, pair_sents, chosen, kl_sets, config,
-                                        scorer.pad_token_id, device, budget)
+                                        scorer.pad_token_id, device, budget,
+                                        [pair_types[i] for i in chosen])
                     prefixes: list[int] = []
                     if counterfactual is not None:
                         prefixes = counterfactual.order.take(config.batch_pairs)
@@ -837,12 +839,12 @@ def _kl(logprobs: torch.Tensor, idx: torch.Tensor, lp: torch.Tensor,
 
 
 def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: LoopSettings,
-          pad, device, budget: int):
+          pad, device, budget: int, types: Sequence[str]):
     sent_rows = [j for i in chosen for j in (2 * i, 2 * i + 1)]
     means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
     gaps = pair_gaps(means)
     l_e = bias_loss(gaps)
-    l_sign = batch_lean(gaps)
+    l_sign = batch_lean(gaps, types)  # each bias type's lean, weighted by its pairs
     l_m = l_e.new_zeros(())
     if config.keep_mean_weight:
         original = pairs.original[sent_rows].to(means.device)
