@@ -156,8 +156,8 @@ class LoopSettings:
     generic_weight: float = 1.0  # β: weight of L_s2 (KL on generic text)
     keep_mean_weight: float = 1.0  # γ: weight of L_m (each edited pair's mean score kept)
     lm_smooth: float = 1e-3  # L_m quadratic within this many nats (Huber); 0: |·| (docs/fast.md)
-    # λ: weight of |mean signed gap| of each step's pairs beside L_e's mean |gap|: while the batch
-    # leans stereotypical, the anti-leaning pairs are no longer pulled back toward the stereotype
+    # λ: weight of the step's lean (|mean signed gap| of its pairs, per bias type) beside L_e's
+    # mean |gap|: while a type leans stereotypical, its anti-leaning pairs are not pulled back
     sign_weight: float = 0.0
     max_steps: int = 200
     min_steps: int = 20
@@ -844,7 +844,9 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     means = _scores(upper, pairs, sent_rows, pad, device, budget, config.pass_size)
     gaps = pair_gaps(means)
     l_e = bias_loss(gaps)
-    l_sign = batch_lean(gaps, types)  # each bias type's lean, weighted by its pairs
+    # λ·lean: each bias type's |mean gap|, weighted by its pairs (only when λ > 0, so that the
+    # default's graph is the one without it)
+    l_sign = batch_lean(gaps, types) if config.sign_weight else None
     l_m = l_e.new_zeros(())
     if config.keep_mean_weight:
         original = pairs.original[sent_rows].to(means.device)
@@ -868,10 +870,12 @@ def _loss(upper, pairs: _Sentences, chosen, kl_sets: Sequence[_KLSet], config: L
     zero = l_e.new_zeros(())
     l_s1 = torch.stack(group).mean() if group else zero
     l_s2 = torch.stack(generic).mean() if generic else zero
-    loss = (l_e + config.sign_weight * l_sign + config.retention_weight * l_s1
-            + config.generic_weight * l_s2 + config.keep_mean_weight * l_m)
+    loss = (l_e + config.retention_weight * l_s1 + config.generic_weight * l_s2
+            + config.keep_mean_weight * l_m)
+    if l_sign is not None:
+        loss = loss + config.sign_weight * l_sign
     terms = {"loss": float(loss.detach()), "bias_loss": float(l_e.detach()),
-             **({"batch_lean": float(l_sign.detach())} if config.sign_weight else {}),
+             **({"batch_lean": float(l_sign.detach())} if l_sign is not None else {}),
              **({"keep_mean": float(l_m.detach())} if config.keep_mean_weight else {}),
              "retention_kl": float(l_s1.detach()), "generic_kl": float(l_s2.detach())}
     return loss, terms
