@@ -196,7 +196,7 @@ def training_curve(history: Sequence[Mapping[str, float]], path: Path, *, title:
     ax.set_ylabel("SS (%)")
     right = ax.twinx()
     for key, color, label in (("bias_loss_all", "#d62728", "bias loss L_e (all edited)"),
-                              ("batch_lean", "#ff7f0e", "|mean gap| (batch)"),
+                              ("batch_lean", "#ff7f0e", "lean, |mean gap| (batch)"),
                               ("keep_mean", "#9467bd", "keep-mean L_m (batch)"),
                               ("retention_kl", "#1f77b4", "retention KL L_s1 (batch)"),
                               ("generic_kl", "#2ca02c", "generic KL L_s2 (batch)")):
