@@ -358,6 +358,43 @@ def test_l_c_is_on_by_default_only_where_the_edit_has_group_words_to_swap(caplog
     assert FineTuneConfig().counterfactual_delta(gender, swap) == 0.0
 
 
+def test_counterfactual_types_draw_l_c_pairs_from_those_bias_types_only(tiny_tokenizer, caplog):
+    """counterfactual_types=("gender",) on a gender + race edit: L_c's pairs are exactly those of
+    the gender items (no nationality swaps); a race edit then has no L_c by default, and asking
+    for it anyway, or for a type nothing swaps, is refused."""
+    from fairstamp.data.counterfactual import counterfactual_prefixes
+    from fairstamp.fast.train import FitConfig
+    from fairstamp.methods import get_method
+    from fairstamp.scoring import Scorer
+    from fairstamp.training.loop import AUTO_COUNTERFACTUAL_WEIGHT, _counterfactual_set
+    from test_fast import tiny
+
+    gender = load_stereoset(bias_types=["gender"], limit=12)
+    race = load_stereoset(bias_types=["race"], limit=12)
+    swap = group_swap(WORDS, ["gender", "race"])
+    assert counterfactual_prefixes(race, swap)  # race items do have pairs to swap
+    scorer = Scorer.from_loaded(tiny(tiny_tokenizer), progress=False)
+    only = FitConfig(counterfactual_weight=1.0, counterfactual_types=("gender",))
+    mixed = _counterfactual_set(scorer, [*race, *gender], swap, only)
+    assert mixed.sents.ids == _counterfactual_set(
+        scorer, gender, swap, FitConfig(counterfactual_weight=1.0)).sents.ids
+    auto = FitConfig(counterfactual_types=("gender",))
+    assert auto.counterfactual_delta([*race, *gender], swap) == AUTO_COUNTERFACTUAL_WEIGHT
+    with caplog.at_level(logging.INFO, logger="fairstamp.training.loop"):
+        assert auto.counterfactual_delta(race, swap) == 0.0
+    assert "L_c off: the edited items of gender name no group words to swap" in caplog.text
+    with pytest.raises(FairstampError, match="no edited item of gender names a group word"):
+        _counterfactual_set(scorer, race, swap, only)
+    # A recipe string as benchmarks/generalisation.py passes it.
+    assert get_method("fast", counterfactual_types="gender,race").config.counterfactual_types \
+        == ("gender", "race")
+    for bad, message in [(dict(counterfactual_types=("profession",)), "not profession"),
+                         (dict(counterfactual_types=("gender",), counterfactual_weight=0.0),
+                          "counterfactual_weight 0 turns off")]:
+        with pytest.raises(FairstampError, match=message):
+            FitConfig(**bad)
+
+
 def test_a_validation_slice_keeps_its_targets_out_of_the_swapped_prefixes(tiny_tokenizer):
     from fairstamp.fast.train import FitConfig, fit_stamp
     from fairstamp.training.loop import validation_split

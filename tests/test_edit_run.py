@@ -43,6 +43,7 @@ def test_cli_defaults_are_the_configs():
                  "counterfactual_weight", "counterfactual_target", "counterfactual_templates",
                  "counterfactual_substitutes"):
         assert params[name] == fit[name], name
+    assert params["counterfactual_types"] == ",".join(fit["counterfactual_types"]) == ""
     assert params["keep_mean_smooth"] == fit["lm_smooth"]
     for name in ("layer", "layer_rule", "trace_items", "held_out_fraction", "folds", "seed"):
         assert params[name] == run[name], name

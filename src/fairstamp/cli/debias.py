@@ -138,6 +138,11 @@ def debias_command(
         "this many other gender nouns of its sex and number (\"The aunt was\" / \"The uncle "
         "was\"), never a held-out target (docs/fast.md, Prefixes about other gender nouns).")]
     = FIT["counterfactual_substitutes"],
+    counterfactual_types: Annotated[str, typer.Option(
+        help="L_c's prefix pairs only from the edited items of these bias types, comma-"
+        "separated (e.g. gender: a race item's pair swaps nationality names); the other types "
+        "are still edited. Empty: every edited type's (docs/fast.md, L_c on some bias types "
+        "only).", show_default=False)] = ",".join(FIT["counterfactual_types"]),
     framings: Annotated[int, typer.Option(min=0, max=4, help="Framed copies of each pair "
                                           "trained on (docs/fast.md).")]
     = FIT["framings"],
@@ -204,7 +209,9 @@ def debias_command(
                         counterfactual_weight=counterfactual_weight,
                         counterfactual_target=counterfactual_target,
                         counterfactual_templates=counterfactual_templates,
-                        counterfactual_substitutes=counterfactual_substitutes, seed=seed)
+                        counterfactual_substitutes=counterfactual_substitutes,
+                        counterfactual_types=tuple(O.split_list(counterfactual_types) or ()),
+                        seed=seed)
         config = DebiasConfig(
             model=model, data=data, bias_types=O.split_list(bias_types), limit=limit,
             n_passages=passages, held_out_fraction=held_out_fraction, folds=folds, seed=seed,

@@ -49,6 +49,8 @@ projection. Everything below is shared by both.
   has gender items. `counterfactual_substitutes=N` adds each gender item's prefix with its target
   replaced by up to N other gender nouns of its sex and number, and the same about the
   counterpart ("The aunt was" / "The uncle was"; data/counterfactual.py `substituted_prefixes`).
+  `counterfactual_types=("gender",)` draws L_c's pairs from the edited items of those bias types
+  only (the others are still edited by L_e): a race item's prefix pair swaps nationality names.
 - The learning rate decays along a cosine to `lr_final` times its first value (1: constant).
 - The layers below the stamp are frozen and untouched by it: their output is computed once per
   training sentence and reused (`reuse_lower=True`; benchmarks/stamp_training.py measures it).
@@ -93,6 +95,7 @@ import numpy as np
 import torch
 
 from fairstamp.data.counterfactual import (
+    SWAPPED_TYPES,
     AttributeSwap,
     counterfactual_prefixes,
     subject_pairs,
@@ -192,6 +195,9 @@ class LoopSettings:
     # L_c also on each gender item's prefix with its target replaced by up to this many other
     # gender nouns of its sex and number (substituted_prefixes)
     counterfactual_substitutes: int = 0
+    # L_c's prefix pairs only from the edited items of these bias types (empty: every edited
+    # type's): e.g. ("gender",) keeps L_c off a race edit's nationality swaps
+    counterfactual_types: tuple[str, ...] = ()
     seed: int = 0
 
     @property
@@ -254,6 +260,14 @@ class LoopSettings:
         if self.counterfactual_substitutes and self.counterfactual_span == "sentence":
             raise FairstampError("counterfactual_substitutes adds prefix pairs: use it with "
                                  "counterfactual_span='prefix'")
+        self.counterfactual_types = tuple(self.counterfactual_types)
+        unknown = sorted(set(self.counterfactual_types) - set(SWAPPED_TYPES))
+        if unknown:
+            raise FairstampError(f"counterfactual_types: L_c swaps the group words of "
+                                 f"{', '.join(SWAPPED_TYPES)}, not {', '.join(unknown)}")
+        if self.counterfactual_types and self.counterfactual_weight == 0:
+            raise FairstampError("counterfactual_types chooses L_c's prefix pairs, which "
+                                 "counterfactual_weight 0 turns off")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise FairstampError(f"validation_fraction must be in [0, 1), got "
                                  f"{self.validation_fraction}")
@@ -269,14 +283,24 @@ class LoopSettings:
         where some item names a group word before its attribute that `group_swap` swaps."""
         if self.counterfactual_weight is not None:
             return self.counterfactual_weight
+        items = self.counterfactual_items(items)
         if group_swap is None or not counterfactual_prefixes(items, group_swap, seed=self.seed):
+            whose = (f"of {'/'.join(self.counterfactual_types)} " if self.counterfactual_types
+                     else "")
             if self.counterfactual_templates:
                 log.warning("counterfactual_templates ignored: L_c is off, since the edited "
-                            "items name no group words to swap")
+                            "items %sname no group words to swap", whose)
             else:
-                log.info("L_c off: the edited items name no group words to swap")
+                log.info("L_c off: the edited items %sname no group words to swap", whose)
             return 0.0
         return AUTO_COUNTERFACTUAL_WEIGHT
+
+    def counterfactual_items(self, items: Sequence[BiasItem]) -> list[BiasItem]:
+        """The edited items L_c draws its prefix pairs from: those of `counterfactual_types`,
+        or all."""
+        if not self.counterfactual_types:
+            return list(items)
+        return [i for i in items if i.bias_type in self.counterfactual_types]
 
     def step_limit(self, n_items: int) -> int:
         """Most training steps for `n_items` edited items: `max_steps`, or automatically
@@ -932,10 +956,13 @@ class _Counterfactual:
 
 def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
                         swap: AttributeSwap | None, config: LoopSettings) -> _Counterfactual:
+    items = config.counterfactual_items(items)
     prefixes = counterfactual_prefixes(items, swap, seed=config.seed)
     if not prefixes:
-        raise FairstampError("counterfactual_weight > 0, but no edited item names a group word "
-                             "before its attribute (nothing to swap)")
+        whose = (f" of {'/'.join(config.counterfactual_types)}"
+                 if config.counterfactual_types else "")
+        raise FairstampError(f"counterfactual_weight > 0, but no edited item{whose} names a "
+                             "group word before its attribute (nothing to swap)")
     templated = (template_prefixes(swap) if config.counterfactual_templates
                  and any(i.bias_type == "gender" for i in items) else [])
     if config.counterfactual_templates and not templated:
