@@ -229,7 +229,9 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
     timing = metrics.get("timing", {})
     lines += ["", "## Provenance", "",
               "- time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()),
-              "- training settings: " + ", ".join(f"{k}={v}" for k, v in config["fit"].items()),
+              "- training settings: " + ", ".join(
+                  f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                  for k, v in config["fit"].items()),
               "- versions: " + ", ".join(f"{k} {v}" for k, v in metrics["versions"].items()),
               "- the stamp: `stamp_config.json` + `stamp.safetensors` (load with "
               "`fairstamp eval --stamp` / `fairstamp generate --stamp` or "
