@@ -347,7 +347,7 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "30",
                     "--trace-items", "2", "--suite", "biascope", "--max-steps", "3",
                     "--check-every", "2", "--width", "8", "--bootstrap", "10", "--train-vocab",
-                    "seen", "--out", out]) == 0
+                    "seen", "--counterfactual-types", "gender", "--out", out]) == 0
     for name in ("stamp_config.json", "stamp.safetensors", "edited_items.json", "trace.json",
                  "metrics.json", "report.md", "before/metrics.json", "after/predictions.json",
                  "plots/edited_ss.png", "plots/training.png"):
@@ -362,9 +362,14 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert 0 < metrics["fit"]["vocab_size"] <= 300
     assert "3 of at most 3 training steps" in (out / "report.md").read_text()
     assert "SS checked every 2 steps" in (out / "report.md").read_text()
+    assert metrics["config"]["fit"]["counterfactual_types"] == ["gender"]
+    assert "counterfactual_types=gender, " in (out / "report.md").read_text()
     assert "SS on the edited items" in capsys.readouterr().out
     assert run_cli(["debias", *common, "--train-vocab", "some", "--out", tmp_path / "x"]) == 2
     assert "train_vocab must be one of auto, full, seen" in capsys.readouterr().err
+    assert run_cli(["debias", *common, "--counterfactual-types", "age", "--out",
+                    tmp_path / "x"]) == 2
+    assert "gender, race, religion, not age" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
     assert run_cli(["debias", *common, "--limit", "30", "--out", out]) == 2  # exists

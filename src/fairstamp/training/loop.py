@@ -285,15 +285,20 @@ class LoopSettings:
             return self.counterfactual_weight
         items = self.counterfactual_items(items)
         if group_swap is None or not counterfactual_prefixes(items, group_swap, seed=self.seed):
-            whose = (f"of {'/'.join(self.counterfactual_types)} " if self.counterfactual_types
-                     else "")
+            whose = self.counterfactual_scope
             if self.counterfactual_templates:
                 log.warning("counterfactual_templates ignored: L_c is off, since the edited "
-                            "items %sname no group words to swap", whose)
+                            "items%s name no group words to swap", whose)
             else:
-                log.info("L_c off: the edited items %sname no group words to swap", whose)
+                log.info("L_c off: the edited items%s name no group words to swap", whose)
             return 0.0
         return AUTO_COUNTERFACTUAL_WEIGHT
+
+    @property
+    def counterfactual_scope(self) -> str:
+        """" of gender/race" where `counterfactual_types` narrows L_c's items, else "" (for
+        messages about the edited items)."""
+        return f" of {'/'.join(self.counterfactual_types)}" if self.counterfactual_types else ""
 
     def counterfactual_items(self, items: Sequence[BiasItem]) -> list[BiasItem]:
         """The edited items L_c draws its prefix pairs from: those of `counterfactual_types`,
@@ -959,10 +964,9 @@ def _counterfactual_set(scorer: Scorer, items: Sequence[BiasItem],
     items = config.counterfactual_items(items)
     prefixes = counterfactual_prefixes(items, swap, seed=config.seed)
     if not prefixes:
-        whose = (f" of {'/'.join(config.counterfactual_types)}"
-                 if config.counterfactual_types else "")
-        raise FairstampError(f"counterfactual_weight > 0, but no edited item{whose} names a "
-                             "group word before its attribute (nothing to swap)")
+        raise FairstampError(f"counterfactual_weight > 0, but no edited item"
+                             f"{config.counterfactual_scope} names a group word before its "
+                             "attribute (nothing to swap)")
     templated = (template_prefixes(swap) if config.counterfactual_templates
                  and any(i.bias_type == "gender" for i in items) else [])
     if config.counterfactual_templates and not templated:
