@@ -147,6 +147,11 @@ def test_ctrl_c_exits_130_says_what_was_interrupted_and_writes_nothing(tmp_path,
      "{tmp}/bias_bench/bias_attribute_words.json, which is missing"),
     (["--pairs", "subject", "--bias-types", "profession"],
      "pairs='subject' swaps group words, which exist for gender, race, religion only"),
+    (["--bias-types", "race", "--counterfactual-types", "gender"],
+     "counterfactual_types=gender draws L_c's prefix pairs from edited items of gender, and "
+     "the edit is of race"),
+    (["--bias-types", "race", "--counterfactual-types", "gender", "--counterfactual-weight",
+      "3"], "and the edit is of race: list a bias type it edits"),
 ])
 def test_debias_refuses_bad_options_before_any_model_work(args, message, tmp_path, capsys,
                                                           tiny_model_dir, no_model_work):

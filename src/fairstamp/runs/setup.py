@@ -65,8 +65,15 @@ class EditSetup:
 
 def check_group_words(config: EditRunConfig) -> None:
     """Refuse, before any model work, training settings that swap group words (subject-swap
-    pairs, L_c) when there are none to swap: no attribute-words file, or no bias type it covers."""
+    pairs, L_c) when there are none to swap: no attribute-words file, no bias type it covers,
+    or L_c narrowed to bias types the edit does not hold."""
     fit = getattr(config, "fit", None)
+    listed = tuple(getattr(fit, "counterfactual_types", ()))
+    if listed and config.bias_types and not set(listed) & set(config.bias_types):
+        raise DataError(f"counterfactual_types={','.join(listed)} draws L_c's prefix pairs "
+                        f"from edited items of {', '.join(listed)}, and the edit is of "
+                        f"{', '.join(config.bias_types)}: list a bias type it edits, or leave "
+                        "counterfactual_types out")
     needs = fit.needs_group_words if fit is not None else None
     if not needs:
         return
