@@ -2,8 +2,9 @@
 same items, layer, text and seed, so that every target is scored by a stamp that never saw it.
 
 A recipe is a name and FitConfig overrides (`--recipe both=pairs=both`), plus `layer=N` for the
-stamp's layer (else the `two-thirds` rule's, as in `fairstamp debias`); every recipe runs with
-the quick start's training length (`--max-steps 60`) unless it says otherwise. `--seed` is the
+stamp's layer (else the one `fairstamp debias` picks untraced: the model's measured layer or the
+`two-thirds` rule's); every recipe runs with the quick start's training length (`--max-steps
+60`) unless it says otherwise. `--seed` is the
 run's (the folds' targets, each stamp's initialisation and minibatches); a recipe cannot set it,
 so a second seed is a second results file (`-seed<N>` in its name). The table: the
 pooled held-out SS and LMS before and after, per bias type, with CIs, and the fit time. A

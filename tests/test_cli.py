@@ -91,7 +91,8 @@ def test_console_script_reads_stdin_and_exits_nonzero_on_errors(tiny_model_dir):
 def test_models_lists_aliases_and_architectures(capsys, tmp_path):
     code, out, _ = run(["models", "--cache-dir", str(tmp_path)], capsys)
     assert code == 0
-    for text in ("smollm2-135m", "gemma-3-270m", "GPT-NeoX", "Gemma 3", "no (converted"):
+    for text in ("smollm2-135m", "gemma-3-270m", "GPT-NeoX", "Gemma 3", "no (converted",
+                 "9, 1 (measured)", "two-thirds rule, 0"):
         assert text in out
 
 

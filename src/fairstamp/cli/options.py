@@ -75,9 +75,10 @@ Layer = Annotated[Optional[int], typer.Option(  # noqa: UP045
     min=0, help="The layer to edit (the stamp goes after its MLP; MEMIT edits the layers ending "
     "there). Default: --layer-rule.")]
 LayerRule = Annotated[str, typer.Option(
-    help="How the layer is picked when --layer is not given: two-thirds (layer round(2/3 × "
-    "layers); best in the layer sweep, docs/fast.md), argmax-after-first or argmax (the traced "
-    "decisive layer).")]
+    help="How the layer is picked when --layer is not given: measured (the model's "
+    "cross-validated layer where fairstamp has one: 9 on gemma-3-270m; else two-thirds), "
+    "two-thirds (layer round(2/3 × layers); best in the layer sweep, docs/fast.md), "
+    "argmax-after-first or argmax (the traced decisive layer).")]
 Data = Annotated[str, typer.Option(
     help="stereoset | crows | a file: SPEC §2 bias JSONL, StereoSet .json or CrowS-Pairs .csv.")]
 BiasTypes = Annotated[Optional[str], typer.Option(  # noqa: UP045

@@ -5,8 +5,9 @@ optimiser) are here."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -14,9 +15,12 @@ import torch
 from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
+from fairstamp.fast.recipes import sign_weight_for
 from fairstamp.stamp.artefact import Stamp, new_stamp
 from fairstamp.stamp.module import check_reads, detach
 from fairstamp.training.loop import LoopSettings, Trainable, TrainRun, train_at_layer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +35,8 @@ class FitConfig(LoopSettings):
     # SMALL_EDIT_ITEMS items)
     max_steps: int = 0
     counterfactual_weight: float | None = None
+    # λ: None is the model's measured value (`fairstamp.fast.recipes`: 1 on gemma-3-270m), else 0
+    sign_weight: float | None = None
     width: int = 256
     activation: str = "gelu"
     reads: str = "mlp_output"
@@ -69,7 +75,7 @@ def fit_stamp(
     Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
     must preserve: that is sequential editing by stacking.
     """
-    config = config or FitConfig()
+    config = for_model(config or FitConfig(), loaded.name)
     check_reads(loaded.arch, config.reads)  # before minutes of setup
     if text is not None:
         retention_sentences, generic_sentences, generic_passages = (
@@ -104,4 +110,12 @@ def fit_stamp(
     return result
 
 
-__all__ = ["FitConfig", "FitResult", "fit_stamp"]
+def for_model(config: FitConfig, model_name: str) -> FitConfig:
+    """`config` with what it leaves to the model (λ when None) filled in for `model_name`."""
+    sign_weight, source = sign_weight_for(config.sign_weight, model_name)
+    if source != "given":
+        log.info("batch lean λ = %g (%s)", sign_weight, source)
+    return replace(config, sign_weight=sign_weight)
+
+
+__all__ = ["FitConfig", "FitResult", "fit_stamp", "for_model"]

@@ -180,7 +180,10 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         f"Data `{config['data']}`, bias types {', '.join(config['bias_types'] or ['all'])}, "
         f"seed {config['seed']}. {metrics['n_edited']} items edited with one stamp (width "
         f"{metrics['stamp']['width']}, {metrics['stamp']['parameters']:,} parameters) after the "
-        f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); {fit['steps']} "
+        f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); "
+        + (f"batch lean λ = {metrics['sign_weight']:g} ({metrics['sign_weight_source']}); "
+           if metrics.get("sign_weight") else "")
+        + f"{fit['steps']} "
         + (f"of at most {fit['step_limit']} " if fit.get("step_limit") else "")
         + f"training steps in {fit['seconds']:.0f} s ("
         + (f"{every}{fit['check_seconds']:.0f} s of them the checks; {fit['tokens']:,} tokens "

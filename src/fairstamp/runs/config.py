@@ -11,14 +11,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fairstamp.errors import FairstampError
+from fairstamp.fast.recipes import recipe_for
 from fairstamp.models.archspec import check_layer
 from fairstamp.models.placement import DTYPES
 
-#: How the layer is picked when none is given (docs/fast.md has the layer sweep behind the
-#: default): "two-thirds": layer round(2/3 · number of layers), the best SS/RS trade-off of the
-#: sweep on smollm2-135m; "argmax" / "argmax-after-first": the traced decisive layer (SPEC §4.1),
-#: with or without layer 0.
-LAYER_RULES = ("two-thirds", "argmax-after-first", "argmax")
+#: How the layer is picked when none is given (docs/fast.md has the layer sweeps behind the
+#: default): "measured": the model's cross-validated layer where fairstamp has one
+#: (`fairstamp.fast.recipes`), else "two-thirds": layer round(2/3 · number of layers), the best
+#: SS/RS trade-off of the sweep on smollm2-135m; "argmax" / "argmax-after-first": the traced
+#: decisive layer (SPEC §4.1), with or without layer 0.
+LAYER_RULES = ("measured", "two-thirds", "argmax-after-first", "argmax")
+#: The rules that pick a layer without the bias trace.
+UNTRACED_RULES = ("measured", "two-thirds")
 
 #: `--quick`: general-ability subsets, tracing and training small enough for a few minutes on a
 #: laptop CPU (the README's quick start).
@@ -44,7 +48,7 @@ class EditRunConfig:
     held_out_fraction: float = 0.2
     seed: int = 0
     layer: int | None = None  # None: `layer_rule`
-    layer_rule: str = "two-thirds"
+    layer_rule: str = "measured"
     trace_items: int = 40  # edited items traced to locate the bias
     trace_samples: int = 5  # noise samples per traced item
     n_generic: int = 200  # generic sentences (L_s2)
@@ -139,7 +143,11 @@ def choose_layer(config: EditRunConfig, num_layers: int, model_name: str,
     if config.layer is not None:
         check_given_layer(config, num_layers, model_name)
         return config.layer, "given"
-    if config.layer_rule == "two-thirds":
+    recipe = recipe_for(model_name) if config.layer_rule == "measured" else None
+    if recipe is not None:
+        check_layer(recipe.layer, num_layers, model_name)
+        return recipe.layer, f"measured for {model_name}"
+    if config.layer_rule in UNTRACED_RULES:
         return min(num_layers - 1, round(2 * num_layers / 3)), "rule two-thirds"
     if trace is None:
         raise FairstampError(f"layer rule {config.layer_rule} needs the bias trace")

@@ -30,6 +30,7 @@ from typing import Any
 from fairstamp import __version__
 from fairstamp.data.items import BiasItem
 from fairstamp.evaluation.suite import Evaluation, evaluate
+from fairstamp.fast.recipes import sign_weight_for
 from fairstamp.fast.train import FitConfig, FitResult, fit_stamp
 from fairstamp.methods.fast import FastMethod
 from fairstamp.reporting.before_after import before_after_plots, before_after_report
@@ -82,6 +83,7 @@ class DebiasResult:
     after: Evaluation
     trace: Any = None
     layer_source: str = "given"
+    sign_weight_source: str = "given"
     cross_validation: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -97,6 +99,9 @@ class DebiasResult:
             "config": self.config.to_dict(),
             "layer": self.layer,
             "layer_source": self.layer_source,
+            # λ as trained (the config's None: the model's measured value, else 0)
+            "sign_weight": self.stamp.config.training["sign_weight"],
+            "sign_weight_source": self.sign_weight_source,
             "stamp": {"width": self.stamp.config.width,
                       "parameters": self.stamp.num_parameters(),
                       "reads": self.stamp.config.reads,
@@ -190,6 +195,7 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     return DebiasResult(config=config, fit=fit, layer=layer, edited=setup.edit,
                         retention_trained=[r.id for r in setup.retention_trained],
                         before=before, after=after, trace=trace, layer_source=layer_source,
+                        sign_weight_source=sign_weight_for(config.fit.sign_weight, loaded.name)[1],
                         cross_validation=cv, seconds=seconds)
 
 
