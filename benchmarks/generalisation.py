@@ -26,10 +26,11 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from fairstamp.errors import FairstampError
+from fairstamp.fast.train import for_model
 from fairstamp.methods import get_method
 from fairstamp.models import load
 from fairstamp.reporting.plots import recipe_tradeoff
@@ -225,7 +226,9 @@ def main() -> None:
                                                          items=items),
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
             finished=store.get, on_fold=store.put, monitor=args.monitor)
-        rows[name] = {"recipe": name, "options": options, "fit": method.config_dict(config.seed),
+        # As trained: what the recipe leaves to the model (λ) filled in for it.
+        fit = asdict(for_model(method.seeded_config(config.seed), loaded.name))
+        rows[name] = {"recipe": name, "options": options, "fit": fit,
                       "layer": layers[name], "seed": config.seed,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,
                       "versions": library_versions()}
