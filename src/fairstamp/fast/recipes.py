@@ -23,7 +23,8 @@ class ModelRecipe:
 RECIPES: tuple[ModelRecipe, ...] = (
     ModelRecipe(
         names=("gemma-3-270m", "google/gemma-3-270m"), layer=9, sign_weight=1.0,
-        evidence="docs/fast.md, \"gemma-3-270m: layer 9 with the batch's lean\""),
+        evidence="docs/fast.md, \"The batch's lean\": 5-fold CV by target, gender on two "
+                 "seeds (28% of the way against layer 12's 16%) and race (77% against 48%)"),
 )
 
 
