@@ -113,7 +113,7 @@ def fit_stamp(
 def for_model(config: FitConfig, model_name: str) -> FitConfig:
     """`config` with what it leaves to the model (λ when None) filled in for `model_name`."""
     sign_weight, source = sign_weight_for(config.sign_weight, model_name)
-    if source != "given":
+    if source.startswith("measured"):
         log.info("batch lean λ = %g (%s)", sign_weight, source)
     return replace(config, sign_weight=sign_weight)
 

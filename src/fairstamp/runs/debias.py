@@ -83,7 +83,6 @@ class DebiasResult:
     after: Evaluation
     trace: Any = None
     layer_source: str = "given"
-    sign_weight_source: str = "given"
     cross_validation: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -101,7 +100,8 @@ class DebiasResult:
             "layer_source": self.layer_source,
             # λ as trained (the config's None: the model's measured value, else 0)
             "sign_weight": self.stamp.config.training["sign_weight"],
-            "sign_weight_source": self.sign_weight_source,
+            "sign_weight_source": sign_weight_for(self.config.fit.sign_weight,
+                                                  self.before.metrics["model"]["name"])[1],
             "stamp": {"width": self.stamp.config.width,
                       "parameters": self.stamp.num_parameters(),
                       "reads": self.stamp.config.reads,
@@ -195,7 +195,6 @@ def debias(loaded: Any, config: DebiasConfig, *, progress: bool | None = None,
     return DebiasResult(config=config, fit=fit, layer=layer, edited=setup.edit,
                         retention_trained=[r.id for r in setup.retention_trained],
                         before=before, after=after, trace=trace, layer_source=layer_source,
-                        sign_weight_source=sign_weight_for(config.fit.sign_weight, loaded.name)[1],
                         cross_validation=cv, seconds=seconds)
 
 
