@@ -226,8 +226,9 @@ def main() -> None:
                                                          items=items),
             method.fit, folds=args.folds, seed=config.seed, n_resamples=config.n_resamples,
             finished=store.get, on_fold=store.put, monitor=args.monitor)
-        # As trained: what the recipe leaves to the model (λ) filled in for it.
-        fit = asdict(for_model(method.seeded_config(config.seed), loaded.name))
+        # As trained: what the recipe leaves to the model and the edit (λ, δ) filled in.
+        fit = asdict(for_model(method.seeded_config(config.seed), loaded.name,
+                               [i.bias_type for i in setup.items]))
         rows[name] = {"recipe": name, "options": options, "fit": fit,
                       "layer": layers[name], "seed": config.seed,
                       "seconds": round(time.perf_counter() - clock, 1), "cross_validation": cv,

@@ -130,3 +130,25 @@ def test_a_run_with_no_held_out_target_says_why_instead_of_dropping_the_row(tiny
     assert row[5] == "0"
     assert "| SS on held-out targets | 50 | – | – | none: every one of the" in \
         (run / "report.md").read_text()
+
+
+def test_an_edit_of_several_bias_types_records_the_recipe_it_trained_with(tiny_model_dir,
+                                                                        tmp_path):
+    import json
+
+    from conftest import SHARED_DATA
+
+    run = tmp_path / "run"
+    assert run_cli(["debias", "--model", tiny_model_dir, "--data-dir", SHARED_DATA,
+                    "--bootstrap", "10", "--bias-types", "gender,race", "--limit", "30",
+                    "--layer", "1", "--suite", "stereoset", "--max-steps", "2", "--width", "4",
+                    "--out", run]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {i["bias_type"] for i in json.loads((run / "edited_items.json").read_text())} == \
+        {"gender", "race"}
+    several = "measured for several bias types"
+    assert (metrics["sign_weight"], metrics["sign_weight_source"]) == (1.0, several)
+    assert metrics["counterfactual_weight_source"] == several
+    assert metrics["fit"]["counterfactual_weight"] == 0.0
+    assert (f"batch lean λ = 1 ({several}); L_c's weight δ = 0 ({several}); 2 of at most 2"
+            in (run / "report.md").read_text())

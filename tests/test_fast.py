@@ -482,6 +482,48 @@ def test_measured_recipe_is_the_default_for_its_model_only(tiny_tokenizer, items
     assert result.stamp.config.training["sign_weight"] == 1.0
 
 
+def test_an_edit_of_several_bias_types_leans_and_leaves_l_c_off(tiny_tokenizer):
+    """The measured recipe of an edit of several bias types (λ = 1, δ = 0) unless an option says
+    otherwise; one bias type keeps the general defaults (λ = 0, the loop's automatic δ)."""
+    from fairstamp.fast.recipes import counterfactual_weight_for, sign_weight_for
+    from fairstamp.fast.train import for_model
+
+    both = ["gender", "race", "gender"]
+    several = "measured for several bias types"
+    assert sign_weight_for(None, "m", both) == (1.0, several)
+    assert sign_weight_for(None, "m", ["race", "race"]) == (0.0, "default")
+    assert sign_weight_for(None, "gemma-3-270m", both) == (1.0, "measured for gemma-3-270m")
+    assert sign_weight_for(0.5, "m", both) == (0.5, "given")
+    assert counterfactual_weight_for(None, both) == (0.0, several)
+    assert counterfactual_weight_for(None, ["race"]) == (None, "default")
+    assert counterfactual_weight_for(2.0, both) == (2.0, "given")
+    config = for_model(FitConfig(), "m", both)
+    assert (config.sign_weight, config.counterfactual_weight) == (1.0, 0.0)
+    config = for_model(FitConfig(), "m", ["race"])
+    assert (config.sign_weight, config.counterfactual_weight) == (0.0, None)
+    config = for_model(FitConfig(sign_weight=0.0, counterfactual_weight=3.0), "m", both)
+    assert (config.sign_weight, config.counterfactual_weight) == (0.0, 3.0)
+    # Another L_c option asks for L_c: its δ stays the loop's automatic one.
+    for asked in ({"counterfactual_types": ("gender",)}, {"counterfactual_templates": True},
+                  {"counterfactual_substitutes": 2}, {"counterfactual_target": "mixture"},
+                  {"counterfactual_span": "sentence"}):
+        assert FitConfig(**asked).counterfactual_asked, asked
+        assert for_model(FitConfig(**asked), "m", both).counterfactual_weight is None, asked
+    assert not FitConfig().counterfactual_asked
+
+    # fit_stamp trains a two-type edit that way and records it with the stamp.
+    mixed = [*load_stereoset(bias_types=["gender"], limit=8),
+             *load_stereoset(bias_types=["religion"], limit=4)]
+    _, result = fit(tiny_tokenizer, mixed)
+    assert result.counterfactual_weight == 0.0
+    assert "batch_lean" in result.history[-1]
+    training = result.stamp.config.training
+    assert (training["sign_weight"], training["counterfactual_weight"]) == (1.0, 0.0)
+    _, gender_only = fit(tiny_tokenizer, mixed[:8])
+    assert gender_only.stamp.config.training["sign_weight"] == 0.0
+    assert "batch_lean" not in gender_only.history[-1]
+
+
 def test_cosine_learning_rate_runs_from_lr_to_lr_final():
     from fairstamp.training.loop import _cosine
 

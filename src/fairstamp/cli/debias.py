@@ -81,8 +81,8 @@ def debias_command(
     sign_weight: Annotated[Optional[float], typer.Option(  # noqa: UP045
         min=0.0, help="Weight of the |mean signed gap| of each step's pairs beside the mean |gap| "
         "(λ; docs/fast.md): while the batch leans stereotypical, pairs that lean the other way "
-        "are not pulled back. Default: the model's measured value (1 on gemma-3-270m), else "
-        "0.")] = FIT["sign_weight"],
+        "are not pulled back. Default: the model's measured value (1 on gemma-3-270m), else 1 "
+        "for an edit of several bias types, else 0.")] = FIT["sign_weight"],
     lr_final: Annotated[float, typer.Option(min=0.0, max=1.0, help="Learning rate at the last "
                                             "step, as a fraction of --lr (cosine decay; 1: "
                                             "constant).")] = FIT["lr_final"],
@@ -123,7 +123,8 @@ def debias_command(
         "before each edited attribute and after the same words about a counterfactual group "
         "differ, group words left out (docs/fast.md, Counterfactual next-token distributions). "
         f"0: off. Default: {AUTO_COUNTERFACTUAL_WEIGHT:g} where the edited items name group "
-        "words to swap (gender, race, religion), else off.",
+        "words to swap (gender, race, religion), else off; off for an edit of several bias "
+        "types unless another L_c option is given.",
         show_default=False)] = FIT["counterfactual_weight"],
     counterfactual_target: Annotated[str, typer.Option(
         help="Where L_c pulls the two distributions: each_other (their Jensen-Shannon "

@@ -6,7 +6,7 @@ optimiser) are here."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from fairstamp.data.counterfactual import AttributeSwap
 from fairstamp.data.items import BiasItem
 from fairstamp.errors import FairstampError
-from fairstamp.fast.recipes import sign_weight_for
+from fairstamp.fast.recipes import counterfactual_weight_for, sign_weight_for
 from fairstamp.stamp.artefact import Stamp, new_stamp
 from fairstamp.stamp.module import check_reads, detach
 from fairstamp.training.loop import LoopSettings, Trainable, TrainRun, train_at_layer
@@ -35,7 +35,8 @@ class FitConfig(LoopSettings):
     # SMALL_EDIT_ITEMS items)
     max_steps: int = 0
     counterfactual_weight: float | None = None
-    # λ: None is the model's measured value (`fairstamp.fast.recipes`: 1 on gemma-3-270m), else 0
+    # λ: None is the model's measured value (`fairstamp.fast.recipes`: 1 on gemma-3-270m), else
+    # the measured one of an edit of several bias types (1), else 0
     sign_weight: float | None = None
     width: int = 256
     activation: str = "gelu"
@@ -75,7 +76,7 @@ def fit_stamp(
     Stamps already attached (earlier edits) stay on and are part of the "original" the new stamp
     must preserve: that is sequential editing by stacking.
     """
-    config = for_model(config or FitConfig(), loaded.name)
+    config = for_model(config or FitConfig(), loaded.name, [i.bias_type for i in items])
     check_reads(loaded.arch, config.reads)  # before minutes of setup
     if text is not None:
         retention_sentences, generic_sentences, generic_passages = (
@@ -110,12 +111,19 @@ def fit_stamp(
     return result
 
 
-def for_model(config: FitConfig, model_name: str) -> FitConfig:
-    """`config` with what it leaves to the model (λ when None) filled in for `model_name`."""
-    sign_weight, source = sign_weight_for(config.sign_weight, model_name)
+def for_model(config: FitConfig, model_name: str, bias_types: Iterable[str] = ()) -> FitConfig:
+    """`config` with what it leaves to the model and the edit filled in for `model_name` and an
+    edit of items of `bias_types` (`fairstamp.fast.recipes`): λ when None; δ when None and the
+    edit spans several bias types (else None stays: the loop's automatic δ)."""
+    bias_types = list(bias_types)
+    sign_weight, source = sign_weight_for(config.sign_weight, model_name, bias_types)
     if source.startswith("measured"):
         log.info("batch lean λ = %g (%s)", sign_weight, source)
-    return replace(config, sign_weight=sign_weight)
+    delta, delta_source = counterfactual_weight_for(config.counterfactual_weight, bias_types,
+                                                    asked=config.counterfactual_asked)
+    if delta_source.startswith("measured"):
+        log.info("L_c's weight δ = %g (%s)", delta, delta_source)
+    return replace(config, sign_weight=sign_weight, counterfactual_weight=delta)
 
 
 __all__ = ["FitConfig", "FitResult", "fit_stamp", "for_model"]

@@ -183,6 +183,9 @@ def before_after_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) ->
         f"MLP of layer {metrics['layer']} ({metrics['layer_source']}); "
         + (f"batch lean λ = {metrics['sign_weight']:g} ({metrics['sign_weight_source']}); "
            if metrics.get("sign_weight") else "")
+        + (f"L_c's weight δ = {fit['counterfactual_weight']:g} "
+           f"({metrics['counterfactual_weight_source']}); "
+           if metrics.get("counterfactual_weight_source", "default") != "default" else "")
         + f"{fit['steps']} "
         + (f"of at most {fit['step_limit']} " if fit.get("step_limit") else "")
         + f"training steps in {fit['seconds']:.0f} s ("

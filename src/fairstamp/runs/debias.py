@@ -30,7 +30,7 @@ from typing import Any
 from fairstamp import __version__
 from fairstamp.data.items import BiasItem
 from fairstamp.evaluation.suite import Evaluation, evaluate
-from fairstamp.fast.recipes import sign_weight_for
+from fairstamp.fast.recipes import counterfactual_weight_for, sign_weight_for
 from fairstamp.fast.train import FitConfig, FitResult, fit_stamp
 from fairstamp.methods.fast import FastMethod
 from fairstamp.reporting.before_after import before_after_plots, before_after_report
@@ -90,6 +90,10 @@ class DebiasResult:
     def stamp(self):
         return self.fit.stamp
 
+    @property
+    def edited_types(self) -> list[str]:
+        return [i.bias_type for i in self.edited]
+
     def metrics(self) -> dict[str, Any]:
         return {
             "fairstamp_version": __version__,
@@ -98,10 +102,14 @@ class DebiasResult:
             "config": self.config.to_dict(),
             "layer": self.layer,
             "layer_source": self.layer_source,
-            # λ as trained (the config's None: the model's measured value, else 0)
+            # λ and δ as trained (the config's None: fairstamp.fast.recipes)
             "sign_weight": self.stamp.config.training["sign_weight"],
             "sign_weight_source": sign_weight_for(self.config.fit.sign_weight,
-                                                  self.before.metrics["model"]["name"])[1],
+                                                  self.before.metrics["model"]["name"],
+                                                  self.edited_types)[1],
+            "counterfactual_weight_source": counterfactual_weight_for(
+                self.config.fit.counterfactual_weight, self.edited_types,
+                asked=self.config.fit.counterfactual_asked)[1],
             "stamp": {"width": self.stamp.config.width,
                       "parameters": self.stamp.num_parameters(),
                       "reads": self.stamp.config.reads,

@@ -29,13 +29,14 @@ projection. Everything below is shared by both.
   not the pair as a whole.
 - L_c (weight `counterfactual_weight`, δ; 0 here, and in FAST's FitConfig by default
   `AUTO_COUNTERFACTUAL_WEIGHT` where the edited items name group words that data/counterfactual.py
-  swaps, else off) [ours]: mean over drawn edited items of
-  the Jensen-Shannon divergence between the next-token distribution after the words before the
-  item's attribute ("The mother was") and after the same words about a counterfactual group
-  ("The father was"; data/counterfactual.py `counterfactual_prefixes`), over every token but the
-  first tokens of the group words (which word comes next may follow the group; what is said
-  about it should not). Unlike L_e it constrains the whole distribution at the position where
-  the stereotype is chosen, not the item's two attributes.
+  swaps, else off; off too for FAST's edits of several bias types, fairstamp.fast.recipes) [ours]:
+  mean over drawn edited items of the Jensen-Shannon divergence between the next-token
+  distribution after the words before the item's attribute ("The mother was") and after the same
+  words about a counterfactual group ("The father was"; data/counterfactual.py
+  `counterfactual_prefixes`), over every token but the first tokens of the group words (which word
+  comes next may follow the group; what is said about it should not). Unlike L_e it constrains the
+  whole distribution at the position where the stereotype is chosen, not the item's two
+  attributes.
   `counterfactual_target="mixture"` anchors both instead: the mean of KL(m₀ ‖ p) and KL(m₀ ‖ q),
   m₀ the original model's mixture ½(p₀ + q₀) of the two distributions, so that they meet where
   the original model stood on average instead of anywhere at all.
@@ -293,6 +294,15 @@ class LoopSettings:
                 log.info("L_c off: the edited items%s name no group words to swap", whose)
             return 0.0
         return AUTO_COUNTERFACTUAL_WEIGHT
+
+    @property
+    def counterfactual_asked(self) -> bool:
+        """Whether an option of L_c other than its weight is set (prefix pairs added or narrowed,
+        another target or span): where δ is left automatic, L_c then stays on."""
+        return bool(self.counterfactual_types or self.counterfactual_templates
+                    or self.counterfactual_substitutes
+                    or self.counterfactual_target != COUNTERFACTUAL_TARGETS[0]
+                    or self.counterfactual_span != COUNTERFACTUAL_SPANS[0])
 
     @property
     def counterfactual_scope(self) -> str:
