@@ -173,11 +173,23 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a results table: model, bias types, folds."""
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--bias-types", default="gender")
     parser.add_argument("--folds", type=int, default=5)
+
+
+def table_slug(model: str, bias_types: str, folds: int, seed: int = 0) -> str:
+    """The results table's name: a folder or hub id names it by its last part
+    ("EleutherAI/pythia-160m" → pythia-160m); a seed other than 0 adds `-seed<N>`."""
+    return (f"{Path(model).name}-{bias_types.replace(',', '-')}-cv{folds}"
+            + (f"-seed{seed}" if seed else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_table_arguments(parser)
     parser.add_argument("--max-steps", default="60")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", action="append", default=None,
@@ -197,9 +209,7 @@ def main() -> None:
             methods[name] = get_method("fast", **{k: v for k, v in options.items() if k != "layer"})
         except FairstampError as error:
             parser.error(f"--recipe {name}: {error}")
-    # A folder or hub id names the file by its last part ("EleutherAI/pythia-160m" → pythia-160m).
-    slug = (f"{Path(args.model).name}-{args.bias_types.replace(',', '-')}-cv{args.folds}"
-            + (f"-seed{args.seed}" if args.seed else ""))
+    slug = table_slug(args.model, args.bias_types, args.folds, args.seed)
     cache = args.out / f"generalisation-{slug}"
     config = EditRunConfig(model=args.model, bias_types=args.bias_types.split(","),
                            folds=args.folds, seed=args.seed)

@@ -307,3 +307,54 @@ def test_a_kept_check_rule_for_a_shorter_run_reads_only_curves_that_go_beyond_it
     # A curve that ends at 60 is the unlimited rule's own row, not a second copy of it.
     assert rule(curve(60)) is None
     assert kept_check.keep_best(n=5, stop=False)(curve(60))["step"] == 60
+
+
+def test_the_recipe_summary_pools_a_recipes_seeds_and_names_patched_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def record(recipe: str, seed: int, after: float, lms_after: float, fit: bool = True,
+               layer: int = 20) -> dict:
+        def side(ss: float, lms: float) -> dict:
+            return {"ss": {"overall": {"value": ss}}, "lms": {"overall": {"value": lms}}}
+        return {"recipe": recipe, "options": {"max_steps": "60"}, "seed": seed, "layer": layer,
+                **({"fit": {"seed": seed, "counterfactual_weight": None,
+                            "retention_weight": 3.0}} if fit else {}),
+                "cross_validation": {"before": side(60.0, 92.0), "after": side(after, lms_after),
+                                     "per_fold": [{"fit_seconds": 100.0 * (seed + 1),
+                                                   "n_held_out": 10, "held_out_ss": after}]}}
+
+    def put(folder: str, row: dict) -> None:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{row['recipe']}.json").write_text(json.dumps(row))
+
+    put("generalisation-m-gender-cv5", record("d60", 0, 54.0, 90.0))
+    put("generalisation-m-gender-cv5-seed1", record("d60", 1, 58.0, 91.0))
+    put("generalisation-m-gender-cv5-seed1", record("old", 1, 59.0, 92.0, fit=False))
+    put("generalisation-m-gender-cv5-twostamps", record("l16p20", 0, 57.0, 91.5))
+    # The same name after the default layer changed: another recipe.
+    put("generalisation-m-gender-cv5-seed2", record("d60", 2, 61.0, 92.0, layer=12))
+    put("generalisation-m-gender-cv50", record("elsewhere", 0, 50.0, 92.0))  # 50 folds
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "recipe_summary.py"
+    run = subprocess.run([sys.executable, str(script), "--model", "m", "--results",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = (tmp_path / "recipes-m-gender-cv5.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    # Two seeds of d60 are one row: their mean SS 56.0 (40% of the way from 60), fold distance
+    # 6.0, LMS lost 1.5, fit time 150 s; rows sorted by the mean SS's distance from 50.
+    assert rows[1] == ("| d60 | max_steps=60 | 20 | δ = 3 (auto), α = 3, λ = 0 | 0, 1 | 54.0, "
+                       "58.0 | 56.0 | 40% | 6.0 | 1.5 | 150 |")
+    assert rows[2].startswith("| l16p20 (twostamps) | max_steps=60 | 20 | δ = 3 (auto), α = 3, "
+                              "λ = 0 | 0 | 57.0 |")
+    # A row from before recipes were recorded: the defaults of then under its options.
+    assert rows[3].startswith("| old | max_steps=60 | 20 | δ = 0, α = 1, λ = 0 | 1 | 59.0 | "
+                              "59.0 | 10% |")
+    assert rows[4].startswith("| d60 | max_steps=60 | 12 | δ = 3 (auto), α = 3, λ = 0 | 2 | "
+                              "61.0 | 61.0 | -10% |")
+    assert len(rows) == 5 and "elsewhere" not in text
+    assert (tmp_path / "recipes-m-gender-cv5.png").read_bytes()[:4] == b"\x89PNG"
+    missing = subprocess.run([sys.executable, str(script), "--model", "none", "--results",
+                              str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no records under" in missing.stderr

@@ -284,19 +284,27 @@ def recipe_tradeoff(points: Mapping[str, Mapping[str, float]], path: Path, *, ti
                     before: float | None = None) -> Path | None:
     """One point per training recipe (benchmarks/generalisation.py): |cross-validated held-out
     SS − 50| against the knowledge cost, the held-out LMS lost (points). `points` maps a recipe
-    to {"ss": ..., "lms_drop": ...}; `before` (the unedited held-out SS) adds the original
-    model's point at zero cost."""
+    to {"ss": ..., "lms_drop": ...}; a point with "ss_range" (the lowest and highest SS of
+    several seeds, "ss" their mean) gets a whisker over the distances from 50 they span; `before`
+    (the unedited held-out SS) adds the original model's point at zero cost."""
     if not points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4) if len(points) <= 20 else (8.5, 5.8))
     if before is not None:
         ax.scatter([abs(before - 50.0)], [0.0], s=120, marker="*", color="black")
         ax.annotate("original", (abs(before - 50.0), 0.0), textcoords="offset points",
                     xytext=(5, -12), fontsize=8)
     for name, point in points.items():
         x, y = abs(point["ss"] - 50.0), point["lms_drop"]
-        ax.scatter([x], [y], s=50)
+        if "ss_range" in point:
+            lowest, highest = point["ss_range"]
+            low = 0.0 if lowest <= 50.0 <= highest else min(abs(lowest - 50), abs(highest - 50))
+            high = max(abs(lowest - 50.0), abs(highest - 50.0))
+            ax.errorbar([x], [y], xerr=[[max(0.0, x - low)], [max(0.0, high - x)]], fmt="o",
+                        capsize=3, markersize=7)
+        else:
+            ax.scatter([x], [y], s=50)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)  # the LMS target: drop <= 1
     ax.set_xlabel("|held-out SS − 50|, cross-validated by target (lower is better)")
