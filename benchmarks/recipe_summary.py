@@ -5,9 +5,9 @@ trade-off plot of every recipe tried").
 Reads the records `benchmarks/generalisation.py` left in
 `benchmarks/results/generalisation-<model>-<bias types>-cv<K>` (seed 0), `...-seed<N>` (other
 seeds) and `...-<name>` (runs of a patched fairstamp, the patch and a README beside them); a
-recipe is its name and options, and its rows of several seeds become one row: the mean of their
-pooled held-out SS (and the spread), of the held-out LMS lost and of the fit time. Nothing is
-trained or scored here.
+recipe is its name, options, layer and loss weights as trained, and its rows of several seeds
+become one row: the mean of their pooled held-out SS (and the spread), of the held-out LMS lost
+and of the fit time. Nothing is trained or scored here.
 
 Usage: python benchmarks/recipe_summary.py [--model smollm2-135m] [--bias-types gender]
            [--folds 5] [--results benchmarks/results]
@@ -136,6 +136,8 @@ def main() -> None:
         if s["lms_drop"] is None:
             continue
         label = s["name"] + (f" ×{len(s['ss'])}" if len(s["ss"]) > 1 else "")
+        if label in points:  # a name run again after a default changed: its layer tells them
+            label += f" (layer {s['layer']})"
         points[label] = {"ss": s["ss_mean"], "lms_drop": s["lms_drop"],
                          **({"ss_range": (min(s["ss"]), max(s["ss"]))} if len(s["ss"]) > 1
                             else {})}
