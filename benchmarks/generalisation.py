@@ -107,6 +107,11 @@ def tradeoff_points(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
     return points
 
 
+def moved(before: float, after: float) -> float:
+    """The share of the way from `before` to 50 that `after` went (negative: away)."""
+    return (abs(before - 50) - abs(after - 50)) / max(abs(before - 50), 1e-9)
+
+
 def fold_distance(per_fold: list[dict], ss: list[float | None]) -> float | None:
     """The folds' mean |held-out SS − 50| (`ss`, one per fold), each fold weighted by its
     held-out items: unlike the pooled SS, one fold's overshoot below 50 cannot cancel another's
@@ -150,13 +155,12 @@ def table(model: str, bias_types: str, folds: int, rows: dict[str, dict],
         distance = " → ".join("–" if d is None else f"{d:.1f}" for d in (
             fold_distance(per_fold, [unedited.get(tuple(f["held_out_targets"])) for f in per_fold]),
             fold_distance(per_fold, [f["held_out_ss"] for f in per_fold])))
-        moved = (abs(b["value"] - 50) - abs(a["value"] - 50)) / max(abs(b["value"] - 50), 1e-9)
         settings = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default"
         fit_s = sum(f["fit_seconds"] for f in cv["per_fold"])
         change = (cv.get("change") or {}).get("ss")
         change_text = "–" if change is None else fmt_change(change["overall"])
         lines.append(f"| {name} | {settings} | {fmt(b)} | {fmt(a)} | {change_text} | "
-                     f"{100 * moved:.0f}% | {distance} | "
+                     f"{100 * moved(b['value'], a['value']):.0f}% | {distance} | "
                      f"{fmt(cv['before'].get('lms', {}).get('overall'))} | "
                      f"{fmt(cv['after'].get('lms', {}).get('overall'))} | {fit_s:.0f} |")
     types = sorted({t for r in rows.values()

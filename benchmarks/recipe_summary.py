@@ -28,15 +28,11 @@ from fairstamp.utils.io import atomic_write_text
 from generalisation import (  # this folder's script (on the path when run)
     add_table_arguments,
     fold_distance,
+    moved,
     table_slug,
 )
 
 HERE = Path(__file__).resolve().parent
-
-
-def moved(before: float, after: float) -> float:
-    """The share of the way from `before` to 50 that `after` went (negative: away)."""
-    return (abs(before - 50) - abs(after - 50)) / max(abs(before - 50), 1e-9)
 
 
 def collect(results: Path, slug: str) -> dict[tuple, list[dict]]:
