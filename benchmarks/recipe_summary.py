@@ -116,6 +116,25 @@ def table(title: str, summaries: list[dict], plot: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_points(summaries: list[dict]) -> dict[str, dict]:
+    """The trade-off plot's points, one per row with a held-out LMS: labelled by the recipe's
+    name (× its seeds); a name run again after a default changed also by its layer and weights
+    (and options, where those alone differ), so that no row's point replaces another's."""
+    points: dict[str, dict] = {}
+    for s in summaries:
+        if s["lms_drop"] is None:
+            continue
+        base = s["name"] + (f" ×{len(s['ss'])}" if len(s["ss"]) > 1 else "")
+        # The last is unique: a row is its name (with its patch), options, layer and weights.
+        labels = (base, f"{base} (layer {s['layer']}; {s['weights']})",
+                  f"{base} (layer {s['layer']}; {s['weights']}; {s['options']})")
+        label = next((a for a in labels if a not in points), labels[-1])
+        points[label] = {"ss": s["ss_mean"], "lms_drop": s["lms_drop"],
+                         **({"ss_range": (min(s["ss"]), max(s["ss"]))} if len(s["ss"]) > 1
+                            else {})}
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_table_arguments(parser)
@@ -127,16 +146,7 @@ def main() -> None:
         parser.error(f"no records under {args.results}/generalisation-{slug}*")
     summaries = sorted((summarise(k, v) for k, v in rows.items()),
                        key=lambda s: abs(s["ss_mean"] - 50))
-    points = {}
-    for s in summaries:
-        if s["lms_drop"] is None:
-            continue
-        label = s["name"] + (f" ×{len(s['ss'])}" if len(s["ss"]) > 1 else "")
-        if label in points:  # a name run again after a default changed: its layer tells them
-            label += f" (layer {s['layer']})"
-        points[label] = {"ss": s["ss_mean"], "lms_drop": s["lms_drop"],
-                         **({"ss_range": (min(s["ss"]), max(s["ss"]))} if len(s["ss"]) > 1
-                            else {})}
+    points = plot_points(summaries)
     title = (f"Every FAST recipe cross-validated — {args.model}, StereoSet dev {args.bias_types}, "
              f"{args.folds}-fold cross-validation by target")
     plot = recipe_tradeoff(points, args.results / f"recipes-{slug}.png",

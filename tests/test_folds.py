@@ -354,6 +354,22 @@ def test_the_recipe_summary_pools_a_recipes_seeds_and_names_patched_runs(tmp_pat
     assert rows[4].startswith("| d60 | max_steps=60 | 12 | δ = 3 (auto), α = 3, λ = 0 | 2 | "
                               "61.0 | 61.0 | -10% |")
     assert len(rows) == 5 and "elsewhere" not in text
+    # Every row is a point of the plot: a name run again gets its layer and weights (and its
+    # options where only they differ), and replaces no other row's point.
+    sys.path.insert(0, str(script.parent))
+    try:
+        from recipe_summary import plot_points
+    finally:
+        sys.path.remove(str(script.parent))
+    summary = {"ss": [55.0], "ss_mean": 55.0, "lms_drop": 1.0, "layer": 20,
+               "weights": "δ = 3 (auto), α = 3, λ = 0", "options": "max_steps=60"}
+    again = {**summary, "weights": "δ = 10, α = 3, λ = 0"}
+    points = plot_points([{"name": "d60", **summary}, {"name": "d60", **summary, "layer": 12},
+                          {"name": "d60", **again}, {"name": "d60", **again, "options": "x=1"},
+                          {"name": "d60", **summary, "lms_drop": None}])
+    assert list(points) == ["d60", "d60 (layer 12; δ = 3 (auto), α = 3, λ = 0)",
+                            "d60 (layer 20; δ = 10, α = 3, λ = 0)",
+                            "d60 (layer 20; δ = 10, α = 3, λ = 0; x=1)"]
     assert (tmp_path / "recipes-m-gender-cv5.png").read_bytes()[:4] == b"\x89PNG"
     missing = subprocess.run([sys.executable, str(script), "--model", "none", "--results",
                               str(tmp_path)], capture_output=True, text=True, timeout=300)
