@@ -369,4 +369,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fairstamp.utils.distributed import exit_process
+
+    exit_process(main())  # a worker of two processes leaves its group (sys.exit for one)

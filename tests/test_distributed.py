@@ -90,6 +90,54 @@ def test_launched_processes_that_accelerate_does_not_join_are_refused(monkeypatc
     assert current_processes() == Processes(index=1, count=2, device="cpu")
 
 
+def test_every_joined_process_leaves_its_process_group_at_exit(monkeypatch):
+    import atexit
+
+    import torch.distributed as dist
+
+    from fairstamp.utils import distributed
+
+    registered: list = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    state = types.SimpleNamespace(num_processes=2, process_index=1, device="cpu")
+    fake = types.ModuleType("accelerate")
+    fake.PartialState = lambda cpu=False: state
+    monkeypatch.setitem(sys.modules, "accelerate", fake)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed._leave_at_exit.cache_clear()
+    try:
+        current_processes()
+        current_processes()
+        assert registered == [distributed.leave]  # once, however often the run asks
+    finally:
+        distributed._leave_at_exit.cache_clear()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        distributed.leave()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    distributed.leave()  # no group joined: nothing to leave
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_an_entry_point_ends_with_its_status(joined):
+    """A process on its own exits as usual (its exit handlers run); a process that joined a
+    group leaves it and ends at once with the same status, its output flushed."""
+    code = ("import atexit, torch.distributed as dist\n"
+            "from fairstamp.utils.distributed import exit_process\n"
+            f"if {joined}:\n"
+            "    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)\n"
+            "atexit.register(print, ' exit handlers ran', end='')\n"
+            "print('done', end='')\n"
+            "exit_process(3)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == ("done" if joined else "done exit handlers ran")
+
+
 def test_a_model_off_the_process_device_is_refused():
     import torch
 

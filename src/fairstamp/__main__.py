@@ -1,8 +1,6 @@
 """`python -m fairstamp ...`: the `fairstamp` command (`accelerate launch -m fairstamp eval`)."""
 
-import sys
-
 if __name__ == "__main__":
-    from fairstamp.cli.main import main
+    from fairstamp.cli.main import run
 
-    sys.exit(main())
+    run()

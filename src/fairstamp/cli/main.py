@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -111,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
             return _usage_error(exc)
         return _internal_error(exc)
     return OK
+
+
+def run() -> NoReturn:
+    """The `fairstamp` command: `main()`'s status as the process's exit status (a process of
+    several under `accelerate launch` leaves its process group first:
+    `fairstamp.utils.distributed.exit_process`)."""
+    from fairstamp.utils.distributed import exit_process
+
+    exit_process(main())
 
 
 def _command() -> str:

@@ -9,16 +9,22 @@ runs every N-th one) and its results are put back in their original order on eve
 same results and computes the same metrics. Only the main process writes files.
 
 Every process must make the same calls, in the same order: each gather waits for all of them.
+An entry point ends a process of several with `exit_process` (the `fairstamp` command does), which
+leaves the group and skips the interpreter's shutdown, where gloo's threads can abort a finished
+process.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fairstamp.errors import FairstampError
 
@@ -199,6 +205,7 @@ def current_processes() -> Processes:
     from accelerate import PartialState
 
     state = PartialState(cpu=_cpu_processes())
+    _leave_at_exit()
     if state.num_processes != size:
         raise FairstampError(
             f"{size} processes were launched but accelerate joins {state.num_processes} "
@@ -206,6 +213,45 @@ def current_processes() -> Processes:
             f"process its own (e.g. accelerate launch --multi_gpu --num_processes {size})")
     return Processes(index=state.process_index, count=state.num_processes,
                      device=str(state.device))
+
+
+def leave() -> None:
+    """Leave the process group this process joined (nothing if it joined none). Registered to
+    run at exit by `current_processes` when it joins several processes: a process that exits
+    still in the group can abort as the interpreter shuts down (SIGABRT, "terminate called
+    without an active exception"), failing the launch after its work is done."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def exit_process(status: int) -> NoReturn:
+    """End this process with exit status `status`: `sys.exit` for a process on its own; a
+    process of several leaves its group and ends at once (`os._exit`, after flushing the log
+    and the standard streams), without the interpreter's shutdown, which can abort even after
+    the group is left (SIGABRT, "terminate called without an active exception") and turn a
+    finished launch into a failed one (docs/biascope.md, "Several processes"). For entry points
+    only: nothing runs after it."""
+    if "torch.distributed" not in sys.modules:
+        sys.exit(status)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        sys.exit(status)
+    leave()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe
+            stream.flush()
+    os._exit(status)
+
+
+@functools.cache
+def _leave_at_exit() -> None:
+    atexit.register(leave)
 
 
 @functools.cache
