@@ -220,11 +220,9 @@ def leave() -> None:
     run at exit by `current_processes` when it joins several processes: a process that exits
     still in the group can abort as the interpreter shuts down (SIGABRT, "terminate called
     without an active exception"), failing the launch after its work is done."""
-    if "torch.distributed" not in sys.modules:
-        return
-    import torch.distributed as dist
+    if _joined():
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -235,11 +233,7 @@ def exit_process(status: int) -> NoReturn:
     the group is left (SIGABRT, "terminate called without an active exception") and turn a
     finished launch into a failed one (docs/biascope.md, "Several processes"). For entry points
     only: nothing runs after it."""
-    if "torch.distributed" not in sys.modules:
-        sys.exit(status)
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _joined():
         sys.exit(status)
     leave()
     logging.shutdown()
@@ -247,6 +241,12 @@ def exit_process(status: int) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe
             stream.flush()
     os._exit(status)
+
+
+def _joined() -> bool:
+    """Whether this process is in a process group (never imports torch to find out)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 @functools.cache
